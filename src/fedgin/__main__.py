@@ -1,0 +1,5 @@
+"""Allow `python -m fedgin`."""
+
+from fedgin.cli import main
+
+main()
