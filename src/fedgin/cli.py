@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
 import typer
+from rich.console import Console
+
+from fedgin.errors import ConfigError, FedginError
 
 app = typer.Typer(
     name="fedgin",
@@ -11,7 +20,190 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+console = Console()
+error_console = Console(stderr=True)
+
+CommandT = TypeVar("CommandT", bound=Callable[..., Any])
+
+
+def user_errors(command: CommandT) -> CommandT:
+    """Show a FedginError as one line on stderr and exit 2, instead of a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FedginError as error:
+            error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            error_console.print("interrupted: finished work is kept; run the same command again to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_triple(text: str, name: str, cast: Callable[[str], Any]) -> tuple[Any, Any, Any]:
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 3:
+        raise ConfigError(f"--{name} needs three comma-separated values, got {text!r}")
+    try:
+        return tuple(cast(part) for part in parts)  # type: ignore[return-value]
+    except ValueError:
+        raise ConfigError(f"--{name}: {text!r} is not three numbers") from None
+
+
+@app.command()
+@user_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the data set into.")],
+    layout: Annotated[
+        str, typer.Option(help="File layout: totalseg (sXXXX/ct.nii.gz, ...) or amos (imagesTr/, ...).")
+    ] = "totalseg",
+    modality: Annotated[
+        str, typer.Option(help="ct, mri_t1, mri_t2 or a list, e.g. ct,mri_t2 (totalseg: MRI sequences only).")
+    ] = "ct",
+    subjects: Annotated[int, typer.Option(help="Subjects per modality.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the anatomy and the rendering.")] = 0,
+    shape: Annotated[str, typer.Option(help="Voxels x,y,z (z is axial).")] = "128,128,64",
+    spacing: Annotated[str, typer.Option(help="Voxel size x,y,z in mm.")] = "3.0,3.0,5.0",
+    preview: Annotated[bool, typer.Option(help="Also save preview.png: slices with organ outlines.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
+) -> None:
+    """Generate the embedded synthetic abdomen data set (CT, MRI T1, MRI T2) as NIfTI."""
+    from fedgin.config import SynthConfig, validate
+    from fedgin.synth import generate, save_preview
+
+    if layout not in ("totalseg", "amos"):
+        raise ConfigError(f"--layout must be totalseg or amos, got {layout!r}")
+    config = validate(
+        {
+            "subjects": subjects,
+            "seed": seed,
+            "shape": parse_triple(shape, "shape", int),
+            "spacing": parse_triple(spacing, "spacing", float),
+            "modalities": [part.strip() for part in modality.split(",") if part.strip()],
+        },
+        SynthConfig,
+        source="fedgin synth",
+    )
+    summary = generate(config, layout, out, overwrite=overwrite)  # type: ignore[arg-type]
+    console.print(
+        f"wrote {len(summary.cases)} cases to [bold]{out}[/] "
+        f"({summary.seconds_per_subject:.2f} s per subject)"
+    )
+    if preview:
+        png = save_preview(out / "preview.png", config, config.modalities)
+        console.print(f"preview: {png}")
+
+
+@app.command()
+@user_errors
+def prepare(
+    source: Annotated[str, typer.Option(help="totalseg-ct, totalseg-mri, amos or nnunet.")],
+    root: Annotated[Path, typer.Option(help="The data set's root folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write (or resume).")],
+    config: Annotated[
+        Path | None, typer.Option(help="A run TOML whose [preprocess] table overrides the defaults.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes (one volume in memory each).")] = 2,
+    modality: Annotated[
+        str | None, typer.Option(help="ct or mri: for nnunet, or to keep one modality of amos.")
+    ] = None,
+    label_map: Annotated[
+        str | None,
+        typer.Option(help='nnunet: JSON {source value: fedgin class}, e.g. \'{"1": 1, "2": 2}\', or a file.'),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Put every case in this split (e.g. test for AMOS as test set).")
+    ] = None,
+    fail_fast: Annotated[bool, typer.Option(help="Stop at the first bad case.")] = False,
+) -> None:
+    """Preprocess a data set (TotalSegmentator, AMOS, nnU-Net folder) into a training cache."""
+    from fedgin.prepare import prepare as run_prepare
+
+    report = run_prepare(
+        source,
+        root,
+        out,
+        load_preprocess_config(config),
+        workers=workers,
+        label_map=parse_label_map(label_map),
+        modality=modality,  # type: ignore[arg-type]
+        split_override=split,
+        fail_fast=fail_fast,
+    )
+    console.print(
+        f"cache [bold]{out}[/]: {len(report.prepared)} prepared, {len(report.skipped)} unchanged, "
+        f"{len(report.failed)} failed"
+    )
+    if report.failed:
+        for message in report.failed:
+            error_console.print(f"[red]failed:[/] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def inspect(
+    cache: Annotated[Path, typer.Argument(help="A cache folder written by `fedgin prepare`.")],
+) -> None:
+    """Print a cache's contents: cases per modality and split, spacing, organ voxels, intensities."""
+    from fedgin.cache import Cache, summarize
+
+    for table in as_tables(summarize(Cache(cache))):
+        console.print(table)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the demo's data, caches and results.")
+    ] = Path("runs/demo"),
+    subjects: Annotated[int, typer.Option(help="Synthetic subjects per modality.")] = 12,
+    workers: Annotated[int, typer.Option(help="Worker processes for preparation.")] = 2,
+) -> None:
+    """Run the main job on the embedded synthetic data set (generate, prepare, inspect)."""
+    from fedgin.demo import run_demo
+
+    run_demo(out, subjects=subjects, workers=workers, console=console)
+
+
+def load_preprocess_config(path: Path | None) -> Any:
+    import tomllib
+
+    from fedgin.config import PreprocessConfig, validate
+
+    if path is None:
+        return PreprocessConfig()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    return validate(raw.get("preprocess", {}), PreprocessConfig, source=f"{path} [preprocess]")
+
+
+def parse_label_map(text: str | None) -> dict[int, int] | None:
+    if text is None:
+        return None
+    candidate = Path(text)
+    source = str(candidate) if candidate.is_file() else "--label-map"
+    raw_text = candidate.read_text(encoding="utf-8") if candidate.is_file() else text
+    try:
+        raw = json.loads(raw_text)
+        return {int(key): int(value) for key, value in raw.items()}
+    except (ValueError, AttributeError, TypeError):
+        raise ConfigError(
+            f"{source}: label map must be a JSON object of integers, e.g. '{{\"1\": 1}}'"
+        ) from None
+
+
+def as_tables(result: Any) -> list[Any]:
+    return list(result) if isinstance(result, list | tuple) else [result]
 
 
 def main() -> None:
-    app()
+    app(prog_name="fedgin")

@@ -53,6 +53,71 @@ class SynthConfig(Settings):
     modalities: list[SynthModality] = Field(default_factory=lambda: ["ct"])
 
 
+class DataSpec(Settings):
+    """A selection of cached cases: one cache folder, optionally narrowed to splits, domains or cases."""
+
+    cache: Path
+    splits: list[str] | None = Field(None, description="Default: train for training, val for validation.")
+    domains: list[str] | None = Field(None, description="e.g. ['ct'] or ['mri_t2']; None keeps all.")
+    max_cases: int | None = Field(None, ge=1, description="Keep the first N cases (limited-data runs).")
+
+
+class DataConfig(Settings):
+    train: list[DataSpec] = Field(default_factory=list)
+    val: list[DataSpec] | None = Field(None, description="Default: the val split of the training caches.")
+    test: list[DataSpec] = Field(default_factory=list)
+
+
+class ModelConfig(Settings):
+    """A MONAI U-Net; instance norm by default because batch-norm statistics break under FedAvg."""
+
+    dimensions: Literal[2, 3] = 2
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = Field(1, ge=0)
+    norm: Literal["instance", "batch"] = "instance"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class GINConfig(Settings):
+    """GIN augmentation (SPEC section 2): applied to every training batch, never at validation or test."""
+
+    enabled: bool = True
+    prob: float = Field(1.0, ge=0.0, le=1.0)
+    n_layers: int = Field(4, ge=2)
+    interm_channels: int = Field(2, ge=1)
+    shared_network: bool = Field(False, description="The authors' variant: one network for the batch.")
+
+
+class TrainConfig(Settings):
+    steps: int = Field(1500, ge=1, description="Optimizer steps of a centralized or local run.")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    loss: Literal["dice_ce", "focal_dice"] = "dice_ce"
+    foreground_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    val_interval: int = Field(250, ge=1, description="Validate (whole volumes) every N steps.")
+    val_max_cases: int | None = Field(None, ge=1, description="Validate on at most N cases per domain.")
+    checkpoint_interval: int = Field(100, ge=1, description="Save the resumable checkpoint every N steps.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:N].")
+    amp: bool | None = Field(None, description="Mixed precision; None: on for CUDA, off for CPU.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    deterministic: bool = True
+
+
+class RunConfig(Settings):
+    """One experiment: data, model, GIN and training settings. Loaded from TOML, written into the run."""
+
+    name: str = "run"
+    seed: int = 42
+    output: Path = Path("runs/run")
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    gin: GINConfig = Field(default_factory=GINConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
 SettingsT = TypeVar("SettingsT", bound=Settings)
 
 

@@ -1,0 +1,156 @@
+"""The `fedgin` command line end to end: real synthetic NIfTI files, real caches, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedgin.cli import app
+
+runner = CliRunner()
+SMALL = ["--shape", "48,48,16", "--spacing", "8,8,20"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def index_rows(cache: Path) -> list[dict[str, str]]:
+    with open(cache / "index.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_help_lists_every_command() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("synth", "prepare", "inspect", "demo"):
+        assert command in result.output
+
+
+def test_synth_prepare_inspect(tmp_path: Path) -> None:
+    data, cache = tmp_path / "ts_mri", tmp_path / "cache"
+    result = invoke(
+        "synth",
+        "--layout",
+        "totalseg",
+        "--modality",
+        "mri_t2",
+        "--subjects",
+        3,
+        "--seed",
+        1,
+        "--out",
+        data,
+        "--preview",
+        *SMALL,
+    )
+    assert result.exit_code == 0, result.output
+    assert (data / "meta.csv").is_file() and (data / "preview.png").stat().st_size > 0
+    assert sorted(p.name for p in data.glob("s*")) == ["s0000", "s0001", "s0002"]
+
+    result = invoke("prepare", "--source", "totalseg-mri", "--root", data, "--out", cache, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    rows = index_rows(cache)
+    assert len(rows) == 3
+    assert {row["domain"] for row in rows} == {"mri_t2"}
+    assert {row["modality"] for row in rows} == {"mri"}
+
+    rerun = invoke("prepare", "--source", "totalseg-mri", "--root", data, "--out", cache, "--workers", 1)
+    assert rerun.exit_code == 0 and "3 unchanged" in rerun.output
+
+    shown = invoke("inspect", cache)
+    assert shown.exit_code == 0, shown.output
+    assert "mri_t2" in shown.output and "liver" in shown.output
+
+
+def test_prepare_config_table_changes_the_cache(tmp_path: Path) -> None:
+    data, cache = tmp_path / "ct", tmp_path / "cache"
+    assert invoke("synth", "--subjects", 1, "--out", data, *SMALL).exit_code == 0
+    config = tmp_path / "run.toml"
+    config.write_text("[preprocess]\nspacing_mm = 16.0\nsize = 32\n")
+    result = invoke(
+        "prepare",
+        "--source",
+        "totalseg-ct",
+        "--root",
+        data,
+        "--out",
+        cache,
+        "--config",
+        config,
+        "--workers",
+        1,
+    )
+    assert result.exit_code == 0, result.output
+    (row,) = index_rows(cache)
+    assert (int(row["height"]), int(row["width"]), float(row["spacing_x"])) == (32, 32, 16.0)
+
+
+def test_bad_case_fails_with_one_line_naming_the_file(tmp_path: Path) -> None:
+    data, cache = tmp_path / "ct", tmp_path / "cache"
+    assert invoke("synth", "--subjects", 3, "--out", data, *SMALL).exit_code == 0
+    broken = data / "s0001" / "ct.nii.gz"
+    broken.write_bytes(gzip.compress(b"\0" * 4000)[:50])  # a truncated gzip stream
+    result = invoke("prepare", "--source", "totalseg-ct", "--root", data, "--out", cache, "--workers", 1)
+    assert result.exit_code == 1
+    failure_lines = [line for line in result.output.splitlines() if str(broken) in line]
+    assert len(failure_lines) == 1
+    assert "Traceback" not in result.output
+    assert {row["source_case_id"] for row in index_rows(cache)} == {"s0000", "s0002"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prepare", "--source", "totalseg-ct", "--root", "{empty}", "--out", "{tmp}/c"], "cases found"),
+        (["prepare", "--source", "nosuch", "--root", "{empty}", "--out", "{tmp}/c"], "nosuch"),
+        (["inspect", "{empty}"], "index.csv"),
+        (["synth", "--shape", "1,2", "--out", "{tmp}/x"], "three"),
+        (["synth", "--modality", "pet", "--out", "{tmp}/x"], "modalities"),
+        (
+            [
+                "prepare",
+                "--source",
+                "totalseg-ct",
+                "--root",
+                "{empty}",
+                "--out",
+                "{tmp}/c",
+                "--config",
+                "{tmp}/missing.toml",
+            ],
+            "missing.toml",
+        ),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke(*(arg.format(empty=empty, tmp=tmp_path) for arg in args))
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_demo_generates_and_prepares_every_modality(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = invoke("demo", "--out", out, "--subjects", 2, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    domains = {
+        name: {row["domain"] for row in index_rows(out / "cache" / name)}
+        for name in ("ts_ct", "ts_mri_t1", "ts_mri_t2", "amos")
+    }
+    assert domains == {
+        "ts_ct": {"ct"},
+        "ts_mri_t1": {"mri_t1"},
+        "ts_mri_t2": {"mri_t2"},
+        "amos": {"ct", "mri_t1", "mri_t2"},
+    }
+    assert {row["split"] for row in index_rows(out / "cache" / "amos")} == {"test"}
+    assert (out / "preview.png").is_file() and (out / "demo.json").is_file()
+    again = invoke("demo", "--out", out, "--subjects", 2, "--workers", 1)
+    assert again.exit_code == 0 and "reusing" in again.output
