@@ -79,3 +79,17 @@ def test_sampler_mixes_foreground_and_background_deterministically(cache_path: P
     loader = DataLoader(dataset, batch_sampler=ForegroundBatchSampler(dataset, 4, num_batches=2))
     batch = next(iter(loader))
     assert batch["image"].shape == (4, 1, 16, 16) and batch["label"].shape == (4, 1, 16, 16)
+
+
+def test_same_case_ids_in_two_caches_combine(cache_path: Path, tmp_path: Path) -> None:
+    # A T1 and a T2 cache of one source carry the same case ids; training on both must see both.
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(cache_path, twin)
+    single = SliceDataset([cache_path], split="train")
+    both = SliceDataset([cache_path, twin], split="train")
+    assert len(both) == 2 * len(single) and both.num_cases == 2 * single.num_cases
+    cache = Cache(cache_path)
+    with pytest.raises(DataError, match="selected twice"):
+        SliceDataset.from_entries([(cache, entry) for entry in cache.cases()] * 2)

@@ -21,6 +21,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates the file private (0600); results are meant to be read by the team (0644).
+    os.chmod(tmp, 0o644)
     try:
         yield tmp
         os.replace(tmp, path)

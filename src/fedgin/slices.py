@@ -33,47 +33,64 @@ class SliceDataset(Dataset):
         case_ids: Sequence[str] | None = None,
     ) -> None:
         opened = [cache if isinstance(cache, Cache) else Cache(cache) for cache in caches]
-        self.cases: list[_CaseRef] = []
-        slice_case, slice_index, foreground = [], [], []
-        seen: dict[str, Path] = {}
-        for cache in opened:
-            for entry in cache.cases(split=split):
-                if modalities is not None and entry.modality not in modalities:
-                    continue
-                if domains is not None and entry.domain not in domains:
-                    continue
-                if case_ids is not None and entry.case_id not in case_ids:
-                    continue
-                if entry.case_id in seen:
-                    raise DataError(
-                        cache.path,
-                        f"case {entry.case_id} is also in {seen[entry.case_id]}; use distinct caches",
-                    )
-                seen[entry.case_id] = cache.path
-                if self.cases and (entry.height, entry.width) != self.slice_shape:
-                    first = self.cases[0].entry
-                    raise DataError(
-                        cache.path / entry.image_file,
-                        f"slices of {entry.case_id} are {entry.height}x{entry.width} but those of "
-                        f"{first.case_id} are {first.height}x{first.width}; prepare all with the same size",
-                    )
-                flags = cache.foreground(entry)
-                if flags.shape[0] != entry.n_slices:
-                    raise DataError(cache.path / entry.image_file, "foreground flags do not match the slices")
-                slice_case.append(np.full(entry.n_slices, len(self.cases)))
-                slice_index.append(np.arange(entry.n_slices))
-                foreground.append(flags)
-                self.cases.append(_CaseRef(cache.path, entry))
-        if not self.cases:
+        selected = [
+            (cache, entry)
+            for cache in opened
+            for entry in cache.cases(split=split)
+            if (modalities is None or entry.modality in modalities)
+            and (domains is None or entry.domain in domains)
+            and (case_ids is None or entry.case_id in case_ids)
+        ]
+        if not selected:
             where = ", ".join(str(cache.path) for cache in opened)
             raise DataError(
                 where, f"no cached cases match split={split}, modalities={modalities}, domains={domains}"
             )
+        self._index_cases(selected)
+
+    @classmethod
+    def from_entries(cls, selected: Sequence[tuple[Cache, CacheEntry]]) -> SliceDataset:
+        """A data set over an explicit selection of cached cases (e.g. one client's share of a cache)."""
+        if not selected:
+            raise DataError("(no caches)", "no cached cases selected")
+        dataset = cls.__new__(cls)
+        dataset._index_cases(selected)
+        return dataset
+
+    def _index_cases(self, selected: Sequence[tuple[Cache, CacheEntry]]) -> None:
+        self.cases: list[_CaseRef] = []
+        slice_case, slice_index, foreground = [], [], []
+        # The same case id may live in two caches (say a T1 and a T2 set of one source); the same case of
+        # the same cache twice would be counted double.
+        seen: set[tuple[Path, str]] = set()
+        for cache, entry in selected:
+            key = (cache.path.resolve(), entry.case_id)
+            if key in seen:
+                raise DataError(cache.path, f"case {entry.case_id} is selected twice")
+            seen.add(key)
+            if self.cases and (entry.height, entry.width) != self.slice_shape:
+                first = self.cases[0].entry
+                raise DataError(
+                    cache.path / entry.image_file,
+                    f"slices of {entry.case_id} are {entry.height}x{entry.width} but those of "
+                    f"{first.case_id} are {first.height}x{first.width}; prepare all with the same size",
+                )
+            flags = cache.foreground(entry)
+            if flags.shape[0] != entry.n_slices:
+                raise DataError(cache.path / entry.image_file, "foreground flags do not match the slices")
+            slice_case.append(np.full(entry.n_slices, len(self.cases)))
+            slice_index.append(np.arange(entry.n_slices))
+            foreground.append(flags)
+            self.cases.append(_CaseRef(cache.path, entry))
         #: Per slice: index into self.cases, slice number within the case, and "holds an organ".
         self.slice_case = np.concatenate(slice_case)
         self.slice_index = np.concatenate(slice_index)
         self.foreground = np.concatenate(foreground).astype(bool)
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def num_cases(self) -> int:
+        return len(self.cases)
 
     @property
     def slice_shape(self) -> tuple[int, int]:
