@@ -155,6 +155,57 @@ def inspect(
         console.print(table)
 
 
+@app.command("gin-preview")
+@user_errors
+def gin_preview(
+    data: Annotated[list[Path], typer.Option("--data", help="Cache folder(s); one slice of each domain.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("gin_preview.png"),
+    draws: Annotated[int, typer.Option(help="GIN draws per modality.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
+) -> None:
+    """Save a PNG grid: one slice of each modality and several GIN draws of it."""
+    import numpy as np
+
+    from fedgin.augment.preview import save_gin_preview
+    from fedgin.cache import Cache
+
+    images = {}
+    for cache_dir in data:
+        cache = Cache(cache_dir)
+        for entry in cache.cases():
+            if entry.domain not in images:
+                # The slice with the most organ voxels shows the anatomy best.
+                label = cache.load_label(entry)
+                z = int((label > 0).reshape(label.shape[0], -1).sum(1).argmax())
+                images[entry.domain] = np.array(cache.load_image(entry)[z])
+    console.print(f"wrote {save_gin_preview(images, out, draws=draws, seed=seed)}")
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run TOML (data, model, gin, train).")],
+    resume: Annotated[bool, typer.Option(help="Continue from the run directory's last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Run directory (overrides `output`).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Override train.steps.")] = None,
+) -> None:
+    """Train a centralized or local model (GIN on or off) from a run configuration."""
+    from fedgin.config import RunConfig, load_toml
+    from fedgin.training import run_training
+
+    run_config = load_toml(config, RunConfig)
+    if output is not None:
+        run_config.output = output
+    if steps is not None:
+        run_config.train.steps = steps
+    result = run_training(run_config, resume=resume, overwrite=overwrite, console=console)
+    console.print(
+        f"run {result.run_dir}: {result.steps} steps, best validation score {result.best_score:.4f} "
+        f"at step {result.best_step}; checkpoints in {result.run_dir / 'checkpoints'}"
+    )
+
+
 @app.command()
 @user_errors
 def demo(

@@ -72,11 +72,14 @@ class ModelConfig(Settings):
     """A MONAI U-Net; instance norm by default because batch-norm statistics break under FedAvg."""
 
     dimensions: Literal[2, 3] = 2
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2)
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
     num_res_units: int = Field(1, ge=0)
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    patch_size: tuple[int, int, int] = Field(
+        (32, 96, 96), description="3D models: training patch and sliding-window size, (Z, H, W) voxels."
+    )
 
 
 class GINConfig(Settings):

@@ -1,0 +1,343 @@
+"""The local trainer: AdamW, GIN on every batch, mixed precision on CUDA, atomic resumable checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedgin.augment import RandGIN
+from fedgin.checkpoints import load_checkpoint
+from fedgin.config import RunConfig, dump_toml
+from fedgin.errors import ConfigError
+from fedgin.evaluation.inference import autocast_context
+from fedgin.io_utils import atomic_path, atomic_write_json, atomic_write_text
+from fedgin.model import build_loss, build_unet, resolve_device
+from fedgin.patches import PatchSampler
+from fedgin.slices import ForegroundBatchSampler, SliceDataset
+from fedgin.training.data import ValidationSet, build_train_slices, build_validation_set
+from fedgin.training.seeding import derive_seed, rng_state, seed_everything, set_rng_state, torch_generator
+
+#: Extra loss terms a caller may add (FedProx's proximal term), called with the model after the task loss.
+ExtraLoss = Callable[[nn.Module], torch.Tensor]
+
+
+@dataclass
+class StepStats:
+    """What a stretch of training steps did: mean loss, slices seen, time spent and time waiting for data."""
+
+    steps: int = 0
+    loss_sum: float = 0.0
+    slices: int = 0
+    seconds: float = 0.0
+    data_seconds: float = 0.0
+    gin_seconds: float = 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+    @property
+    def slices_per_second(self) -> float:
+        return self.slices / self.seconds if self.seconds else 0.0
+
+
+class LocalTrainer:
+    """Trains one U-Net on one site's slices; used by centralized and local runs and by federated clients.
+
+    Everything random at step t (the batch, the GIN networks, dropout) derives from (seed, t), so a run
+    resumed from a checkpoint continues exactly as the uninterrupted run would have.
+    """
+
+    def __init__(
+        self, config: RunConfig, train_set: SliceDataset, device: torch.device | None = None
+    ) -> None:
+        self.config = config
+        self.train_set = train_set
+        self.device = device or resolve_device(config.train.device)
+        self.amp = config.train.amp if config.train.amp is not None else self.device.type == "cuda"
+        seed_everything(config.seed, config.train.deterministic)
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        self.model = build_unet(config.model).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+        )
+        self.loss_fn = build_loss(config.train.loss)
+        uses_fp16 = self.amp and self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=uses_fp16)
+        gin = config.gin
+        self.gin = (
+            RandGIN(
+                prob=gin.prob,
+                n_layers=gin.n_layers,
+                interm_channels=gin.interm_channels,
+                shared_network=gin.shared_network,
+            )
+            if gin.enabled
+            else None
+        )
+        self.step = 0
+        self._batches: Iterator[dict] | None = None
+        self._batches_from = -1
+
+    # -- data -------------------------------------------------------------------------------------------
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, len(self.train_set) // self.config.train.batch_size)
+
+    def batch_stream(self, start_step: int) -> Iterator[dict]:
+        """Batches for steps start_step, start_step + 1, ...; batch t depends on (seed, t) only."""
+        if isinstance(self.train_set, PatchSampler):
+            for step in itertools.count(start_step):
+                generator = torch_generator(self.config.seed, "patches", step)
+                yield self.train_set.sample(self.config.train.batch_size, generator)
+        epoch, offset = divmod(start_step, self.batches_per_epoch)
+        while True:
+            sampler = ForegroundBatchSampler(
+                self.train_set,
+                self.config.train.batch_size,
+                foreground_fraction=self.config.train.foreground_fraction,
+                generator=torch_generator(self.config.seed, "batches", epoch),
+            )
+            index_batches = list(sampler)[offset:]
+            loader = DataLoader(
+                self.train_set,
+                batch_sampler=index_batches,
+                num_workers=self.config.train.num_workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=False,
+            )
+            yield from loader
+            epoch, offset = epoch + 1, 0
+
+    def next_batch(self) -> dict:
+        if self._batches is None or self._batches_from != self.step:
+            self._batches = self.batch_stream(self.step)
+        batch = next(self._batches)
+        self._batches_from = self.step + 1
+        return batch
+
+    # -- training ---------------------------------------------------------------------------------------
+    def train_steps(
+        self,
+        steps: int,
+        extra_loss: ExtraLoss | None = None,
+        progress: Progress | None = None,
+        task: int | None = None,
+    ) -> StepStats:
+        """Run `steps` optimizer steps; returns the loss and throughput of this stretch."""
+        stats = StepStats()
+        self.model.train()
+        for _ in range(steps):
+            started = time.perf_counter()
+            batch = self.next_batch()
+            image = batch["image"].to(self.device, non_blocking=True)
+            label = batch["label"].to(self.device, non_blocking=True)
+            loaded = time.perf_counter()
+            if self.gin is not None:
+                image = self.gin(image, generator=torch_generator(self.config.seed, "gin", self.step))
+            augmented = time.perf_counter()
+            torch.manual_seed(derive_seed(self.config.seed, "step", self.step))
+            with autocast_context(self.device, self.amp):
+                logits = self.model(image)
+                loss = self.loss_fn(logits.float(), label)
+            if extra_loss is not None:
+                loss = loss + extra_loss(self.model)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            finished = time.perf_counter()
+            stats.steps += 1
+            stats.loss_sum += float(loss.detach())
+            stats.slices += int(image.shape[0])
+            stats.seconds += finished - started
+            stats.data_seconds += loaded - started
+            stats.gin_seconds += augmented - loaded
+            if progress is not None and task is not None:
+                progress.update(
+                    task, advance=1, loss=f"{stats.mean_loss:.3f}", speed=f"{stats.slices_per_second:.0f}"
+                )
+        return stats
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def state(self, **extra: object) -> dict:
+        return {
+            "format": "fedgin-checkpoint/1",
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "config": self.config.model_dump(mode="json"),
+            "rng": rng_state(),
+            **extra,
+        }
+
+    def save(self, path: Path, **extra: object) -> None:
+        """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
+        with atomic_path(path) as tmp:
+            torch.save(self.state(**extra), tmp)
+
+    def load(self, path: Path) -> dict:
+        checkpoint = load_checkpoint(path, self.device)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.step = int(checkpoint["step"])
+        set_rng_state(checkpoint["rng"])
+        self._batches = None
+        return checkpoint
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_score: float
+    best_step: int
+    history: list[dict] = field(default_factory=list)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """The learning curve as CSV, rewritten atomically (it is small)."""
+    if not history:
+        return
+    columns: list[str] = []
+    for row in history:
+        columns.extend(key for key in row if key not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Return the checkpoint to resume from, or None for a fresh run; refuse to mix two runs' files."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file() and resume:
+        return last
+    if resume:
+        raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{run_dir}: run directory is not empty; pass --resume to continue or --overwrite")
+    if overwrite:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return None
+
+
+def run_training(
+    config: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """A centralized or local run: train, validate every `val_interval` steps, keep best and last.
+
+    `stop_after` ends the call after that many steps of this call (used to test resuming).
+    """
+    console = console or Console()
+    run_dir = config.output
+    resume_from = prepare_run_dir(run_dir, resume, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_toml(config, run_dir / "config.toml")
+
+    train_set = build_train_slices(config)
+    validation = build_validation_set(config)
+    trainer = LocalTrainer(config, train_set)
+    history: list[dict] = []
+    best_score, best_step = -math.inf, -1
+    if resume_from is not None:
+        checkpoint = trainer.load(resume_from)
+        history = list(checkpoint.get("history", []))
+        best_score = float(checkpoint.get("best_score", -math.inf))
+        best_step = int(checkpoint.get("best_step", -1))
+        console.print(f"resuming {run_dir} at step {trainer.step}")
+    console.print(
+        f"[bold]{config.name}[/]: {len(train_set)} training slices from {train_set.num_cases} cases, "
+        f"GIN {'on' if trainer.gin else 'off'}, device {trainer.device}, amp {trainer.amp}"
+    )
+
+    total = config.train.steps
+    interval = config.train.val_interval
+    done_this_call = 0
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  {task.fields[speed]} slices/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal and console.quiet,
+    ) as progress:
+        task = progress.add_task("train", total=total, completed=trainer.step, loss="-", speed="-")
+        while trainer.step < total:
+            # Train up to the next validation or checkpoint boundary, whichever comes first.
+            every = config.train.checkpoint_interval
+            chunk = min(
+                interval - trainer.step % interval, every - trainer.step % every, total - trainer.step
+            )
+            if stop_after is not None:
+                chunk = min(chunk, stop_after - done_this_call)
+                if chunk <= 0:
+                    break
+            stats = trainer.train_steps(chunk, progress=progress, task=task)
+            done_this_call += chunk
+            row: dict = {
+                "step": trainer.step,
+                "loss": round(stats.mean_loss, 5),
+                "slices_per_s": round(stats.slices_per_second, 2),
+                "data_wait_share": round(stats.data_seconds / max(stats.seconds, 1e-9), 4),
+                "gin_share": round(stats.gin_seconds / max(stats.seconds, 1e-9), 4),
+            }
+            if trainer.step % interval == 0 or trainer.step == total:
+                scores = validation.evaluate(trainer.model, trainer.device, trainer.amp, config.model)
+                row.update({f"val_dice_{domain}": round(value, 5) for domain, value in scores.items()})
+                # Without validation cases the best model is the one with the lowest training loss.
+                score = validation.score(scores) if scores else -stats.mean_loss
+                row["val_score"] = round(score, 5)
+                if score > best_score:
+                    best_score, best_step = score, trainer.step
+                    trainer.save(
+                        run_dir / "checkpoints" / "best.pt", best_score=best_score, best_step=best_step
+                    )
+                progress.console.print(
+                    f"step {trainer.step}: loss {stats.mean_loss:.4f}, val "
+                    + ", ".join(f"{domain} {value:.3f}" for domain, value in scores.items())
+                )
+            history.append(row)
+            write_history(run_dir / "metrics.csv", history)
+            trainer.save(
+                run_dir / "checkpoints" / "last.pt",
+                history=history,
+                best_score=best_score,
+                best_step=best_step,
+            )
+    result = TrainResult(run_dir, trainer.step, best_score, best_step, history)
+    atomic_write_json(
+        run_dir / "summary.json", {"steps": result.steps, "best_score": best_score, "best_step": best_step}
+    )
+    return result
+
+
+__all__ = ["LocalTrainer", "StepStats", "TrainResult", "ValidationSet", "load_checkpoint", "run_training"]
