@@ -154,3 +154,44 @@ def test_demo_generates_and_prepares_every_modality(tmp_path: Path) -> None:
     assert (out / "preview.png").is_file() and (out / "demo.json").is_file()
     again = invoke("demo", "--out", out, "--subjects", 2, "--workers", 1)
     assert again.exit_code == 0 and "reusing" in again.output
+
+
+def test_evaluate_folders_and_gin_preview(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from fedgin.config import SynthConfig
+    from fedgin.synth import make_subject
+
+    config = SynthConfig(shape=(48, 48, 16), spacing=(8, 8, 20))
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    for folder in (ref, pred):
+        folder.mkdir()
+    for index in range(2):
+        _, label, affine = make_subject(config, index, "ct")
+        nib.save(nib.Nifti1Image(label, affine), ref / f"case{index}.nii.gz")
+        shifted = np.roll(label, 1, axis=0) if index else label
+        nib.save(nib.Nifti1Image(shifted, affine), pred / f"case{index}.nii.gz")
+    result = invoke("evaluate", "--pred", pred, "--ref", ref, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "eval" / "per_case.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    dice = {(row["case_id"], row["organ"]): float(row["dice"]) for row in rows}
+    assert all(dice[("case0", organ)] == 1.0 for organ in ("liver", "kidneys", "spleen"))
+    assert 0.5 < dice[("case1", "liver")] < 1.0
+
+    missing = invoke("evaluate", "--pred", pred)
+    assert missing.exit_code == 2 and "--checkpoint" in missing.output
+
+    data, cache = tmp_path / "t2", tmp_path / "cache"
+    assert invoke("synth", "--modality", "mri_t2", "--subjects", 1, "--out", data, *SMALL).exit_code == 0
+    assert (
+        invoke(
+            "prepare", "--source", "totalseg-mri", "--root", data, "--out", cache, "--workers", 1
+        ).exit_code
+        == 0
+    )
+    png = tmp_path / "gin.png"
+    result = invoke("gin-preview", "--data", cache, "--out", png, "--draws", 3)
+    assert result.exit_code == 0, result.output
+    assert png.stat().st_size > 10_000

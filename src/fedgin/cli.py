@@ -155,6 +155,50 @@ def inspect(
         console.print(table)
 
 
+@app.command()
+@user_errors
+def evaluate(
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model checkpoint to evaluate on cached cases.")
+    ] = None,
+    data: Annotated[
+        list[Path] | None, typer.Option("--data", help="Cache folder(s) with the test cases.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of the cached cases to evaluate, or all.")] = "test",
+    pred: Annotated[Path | None, typer.Option(help="Folder of predicted label NIfTI files.")] = None,
+    ref: Annotated[
+        Path | None, typer.Option(help="Folder of reference label NIfTI files (same names).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for per_case.csv and summaries.")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="A method name to put in the CSV rows.")] = None,
+    nsd_tolerance: Annotated[float, typer.Option(help="Surface Dice tolerance in mm.")] = 2.0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Per-case Dice, HD95 and surface Dice of a checkpoint on a cache, or of two label folders."""
+    from fedgin.evaluation.evaluate import evaluate_checkpoint, evaluate_folders, summary_table
+
+    if checkpoint is not None and data:
+        out = out or checkpoint.parent.parent / f"eval_{split}"
+        result = evaluate_checkpoint(
+            checkpoint,
+            list(data),
+            out,
+            split=None if split == "all" else split,
+            device=device,
+            nsd_tolerance_mm=nsd_tolerance,
+            method=method,
+        )
+    elif pred is not None and ref is not None:
+        out = out or pred.parent / "evaluation"
+        result = evaluate_folders(pred, ref, out, nsd_tolerance_mm=nsd_tolerance, method=method)
+    else:
+        raise ConfigError("give --checkpoint and --data, or --pred and --ref")
+    console.print(summary_table(result))
+    console.print(f"wrote {result.per_case_csv}, {result.summary_csv}, {result.summary_json}")
+
+
 @app.command("gin-preview")
 @user_errors
 def gin_preview(
@@ -212,7 +256,7 @@ def demo(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for the demo's data, caches and results.")
     ] = Path("runs/demo"),
-    subjects: Annotated[int, typer.Option(help="Synthetic subjects per modality.")] = 12,
+    subjects: Annotated[int, typer.Option(help="Synthetic subjects per training data set.")] = 30,
     workers: Annotated[int, typer.Option(help="Worker processes for preparation.")] = 2,
 ) -> None:
     """Run the main job on the embedded synthetic data set (generate, prepare, inspect)."""

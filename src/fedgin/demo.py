@@ -66,7 +66,7 @@ def generate_once(dataset: DemoDataset, config: SynthConfig, folder: Path, conso
 
 def run_demo(
     out: Path,
-    subjects: int = 12,
+    subjects: int = 30,
     workers: int = 2,
     preprocess: PreprocessConfig | None = None,
     console: Console | None = None,
@@ -82,7 +82,7 @@ def run_demo(
     result = DemoResult(out=out)
     configs = {
         dataset.name: SynthConfig(
-            subjects=subjects if dataset.layout == "totalseg" else max(2, subjects // 2),
+            subjects=subjects if dataset.layout == "totalseg" else max(2, subjects // 3),
             seed=dataset.seed,
             modalities=list(dataset.modalities),
         )

@@ -36,9 +36,11 @@ def build_unet(config: ModelConfig, in_channels: int = 1, out_channels: int = NU
 def build_loss(name: str) -> nn.Module:
     """Dice + cross-entropy (default) or the authors' 0.5 focal + 0.5 soft Dice, on logits."""
     if name == "dice_ce":
-        return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=1.0, lambda_ce=1.0)
+        return DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=1.0, lambda_ce=1.0)
     if name == "focal_dice":
-        return DiceFocalLoss(to_onehot_y=True, softmax=True, lambda_dice=0.5, lambda_focal=0.5, gamma=2.0)
+        return DiceFocalLoss(
+            to_onehot_y=True, softmax=True, batch=True, lambda_dice=0.5, lambda_focal=0.5, gamma=2.0
+        )
     raise ConfigError(f"train.loss: unknown loss {name!r} (dice_ce or focal_dice)")
 
 
