@@ -325,19 +325,10 @@ def _label_files(folder: Path) -> list[Path]:
 
 def _read_label(path: Path):
     """(array, affine, zooms) of a NIfTI label file; DataError naming the file when it cannot be used."""
-    import nibabel as nib
+    from fedgin.sources.base import load_nifti, read_array
 
-    if path.stat().st_size == 0:
-        raise DataError(path, "empty file (0 bytes)")
-    try:
-        nifti = nib.load(path)
-        data = np.asanyarray(nifti.dataobj)
-    # nibabel raises many types for a damaged file: ImageFileError, HeaderDataError, and (data are read
-    # lazily) EOFError, zlib.error or OSError for a truncated or corrupt gzip.
-    except Exception as error:
-        raise DataError(
-            path, f"unreadable NIfTI, truncated or corrupt? ({type(error).__name__}: {error})"
-        ) from None
+    nifti = load_nifti(path)
+    data = read_array(path, nifti, as_float=False)
     while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1) is a 3D volume
         data = data[..., 0]
     if data.ndim not in (2, 3):

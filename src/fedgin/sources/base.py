@@ -86,7 +86,8 @@ class SourceCase:
         return LoadedCase(nib.Nifti1Image(image_data, image_nifti.affine), label)
 
 
-def _load_nifti(path: Path) -> nib.spatialimages.SpatialImage:
+def load_nifti(path: Path) -> nib.spatialimages.SpatialImage:
+    """Open a NIfTI header; DataError naming the file when it is missing, empty or unreadable."""
     if not path.exists():
         raise DataError(path, "file not found")
     if path.stat().st_size == 0:
@@ -97,7 +98,8 @@ def _load_nifti(path: Path) -> nib.spatialimages.SpatialImage:
         raise DataError(path, f"unreadable NIfTI ({type(error).__name__}: {error})") from None
 
 
-def _read_array(path: Path, nifti: nib.spatialimages.SpatialImage, as_float: bool) -> np.ndarray:
+def read_array(path: Path, nifti: nib.spatialimages.SpatialImage, as_float: bool) -> np.ndarray:
+    """The voxel data of an opened NIfTI; DataError naming the file when the data cannot be read."""
     # Data are read lazily: a truncated gzip only shows up here, as zlib.error, EOFError, OSError, ...
     try:
         if as_float:
@@ -120,8 +122,8 @@ def _squeeze_to_3d(path: Path, data: np.ndarray, what: str) -> np.ndarray:
 
 def read_image(path: Path) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
     """Load an image volume as float32 and check it is 3D and finite."""
-    nifti = _load_nifti(path)
-    data = _squeeze_to_3d(path, _read_array(path, nifti, as_float=True), "image")
+    nifti = load_nifti(path)
+    data = _squeeze_to_3d(path, read_array(path, nifti, as_float=True), "image")
     finite = np.isfinite(data)
     if not finite.all():
         nan_count = int(np.isnan(data).sum())
@@ -143,8 +145,8 @@ def _check_same_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, ref
 
 
 def _read_label_file(path: Path, ref_shape: tuple[int, ...], ref_affine: np.ndarray) -> np.ndarray:
-    nifti = _load_nifti(path)
-    data = _squeeze_to_3d(path, _read_array(path, nifti, as_float=False), "label")
+    nifti = load_nifti(path)
+    data = _squeeze_to_3d(path, read_array(path, nifti, as_float=False), "label")
     _check_same_grid(path, data.shape, nifti.affine, ref_shape, ref_affine)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise DataError(path, "label has non-finite voxels (NaN or Inf)")
