@@ -157,6 +157,25 @@ def inspect(
 
 @app.command()
 @user_errors
+def federate(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Run TOML with [federation] and [[federation.clients]].")
+    ],
+    resume: Annotated[bool, typer.Option(help="Continue from the last completed round.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Run directory (overrides `output`).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Override federation.rounds.")] = None,
+) -> None:
+    """Run a federation (FedAvg/FedProx/FedBN with GIN) on Flower's simulation engine."""
+    from fedgin.federation import federate_command
+
+    federate_command(
+        config, resume=resume, overwrite=overwrite, output=output, rounds=rounds, console=console
+    )
+
+
+@app.command()
+@user_errors
 def evaluate(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Model checkpoint to evaluate on cached cases.")

@@ -108,6 +108,34 @@ class TrainConfig(Settings):
     deterministic: bool = True
 
 
+class ClientSpec(Settings):
+    """One federated site: a name, its cached data (its share via max_cases), optionally its own GIN."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    data: list[DataSpec] = Field(..., min_length=1)
+    gin: GINConfig | None = Field(None, description="GIN settings of this site; None uses the run's [gin].")
+
+
+class FederationConfig(Settings):
+    """Federated training (FedAvg / FedProx with GIN on the clients, SPEC section 2) on Flower."""
+
+    rounds: int = Field(100, ge=1)
+    local_steps: int | None = Field(
+        None, ge=1, description="Optimizer steps per client and round; None: local_epochs epochs."
+    )
+    local_epochs: int = Field(1, ge=1, description="Local epochs per round when local_steps is None.")
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0.0, description="FedProx: weight of mu/2 ||w - w_global||^2.")
+    fedbn: bool = Field(False, description="Normalisation-layer weights stay on the sites (FedBN).")
+    min_clients: int = Field(2, ge=1, description="A round needs at least this many valid replies.")
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    round_timeout_s: float = Field(3600.0, gt=0, description="Replies later than this are left out.")
+    clients: list[ClientSpec] = Field(default_factory=list)
+    server_eval: list[DataSpec] = Field(
+        default_factory=list, description="Held-out cases evaluated on the global model every round."
+    )
+
+
 class RunConfig(Settings):
     """One experiment: data, model, GIN and training settings. Loaded from TOML, written into the run."""
 
@@ -119,6 +147,7 @@ class RunConfig(Settings):
     model: ModelConfig = Field(default_factory=ModelConfig)
     gin: GINConfig = Field(default_factory=GINConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
 
 
 SettingsT = TypeVar("SettingsT", bound=Settings)

@@ -1,0 +1,142 @@
+"""Screening of client replies before aggregation: errors, timeouts, non-finite or misshapen weights."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+
+from fedgin.errors import FedginError
+from fedgin.federation.weights import content_bytes, screen
+
+logger = logging.getLogger("fedgin.federation")
+
+
+class FederationError(FedginError):
+    """The federation cannot go on (too few clients connected or replying)."""
+
+
+def short_reason(reason: str, limit: int = 300) -> str:
+    """The message of a client's exception from Flower's error reason (which may carry a Ray traceback)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", reason)
+    if "Message:" in text:
+        text = text.rsplit("Message:", 1)[1]
+    lines = [line.strip() for line in text.strip().strip("'>").splitlines() if line.strip()]
+    text = lines[-1] if lines else reason
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class ClientReport:
+    """What one sampled client did in a round: its metrics, or why its reply was left out."""
+
+    node_id: int
+    name: str
+    accepted: bool
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    bytes_up: int = 0
+
+
+class ScreeningMixin:
+    """Mixed into a Flower strategy: waits for nodes with a deadline and screens replies.
+
+    Flower's FedAvg already leaves out replies that carry an error (a client that raised) and the grid
+    drops replies later than the round timeout; this adds a deadline to the wait for connected nodes,
+    rejects updates with non-finite values or keys and shapes that differ from the global model (one
+    bad client would otherwise poison or abort the aggregation), records a report per client, and
+    sorts the accepted replies by client name so that aggregation does not depend on arrival order.
+    """
+
+    min_train_nodes: int
+    min_available_nodes: int
+
+    def setup_screening(self, local_keys: set[str], node_timeout_s: float) -> None:
+        self.local_keys = set(local_keys)
+        self.node_timeout_s = node_timeout_s
+        self.reference: ArrayRecord | None = None
+        self.sent: dict[int, int] = {}
+        self.node_names: dict[int, str] = {}
+        self.reports: list[ClientReport] = []
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's configure_train, after waiting (at most node_timeout_s) for enough nodes."""
+        needed = max(self.min_available_nodes, self.min_train_nodes)
+        deadline = time.monotonic() + self.node_timeout_s
+        while (connected := len(list(grid.get_node_ids()))) < needed:
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"round {server_round}: {connected} clients connected after {self.node_timeout_s:.0f} s, "
+                    f"{needed} needed"
+                )
+            time.sleep(1.0)
+        self.reference = arrays
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self.sent = {message.metadata.dst_node_id: content_bytes(message.content) for message in messages}
+        return messages
+
+    def screen_replies(self, replies: Iterable[Message]) -> list[Message]:
+        """The replies fit for aggregation, sorted by client name; fills `self.reports`."""
+        assert self.reference is not None, "configure_train must run before aggregate_train"
+        expected = set(self.reference.keys()) - self.local_keys
+        reports: list[ClientReport] = []
+        accepted: list[tuple[str, Message]] = []
+        replied: set[int] = set()
+        for message in replies:
+            node = message.metadata.src_node_id
+            replied.add(node)
+            if message.has_error():
+                name = self.node_names.get(node, f"node-{node}")
+                reason = f"client error: {short_reason(message.error.reason)}"
+                reports.append(ClientReport(node, name, False, reason))
+                continue
+            content = message.content
+            name = str(content["client"]["name"]) if "client" in content.config_records else f"node-{node}"
+            self.node_names[node] = name
+            metrics = {
+                key: float(value)
+                for record in content.metric_records.values()
+                for key, value in record.items()
+                if isinstance(value, int | float)
+            }
+            if len(content.array_records) != 1 or len(content.metric_records) != 1:
+                reason = "reply must hold exactly one ArrayRecord and one MetricRecord"
+            elif "num-examples" not in metrics or metrics["num-examples"] <= 0:
+                reason = "no positive num-examples in the reply's metrics"
+            else:
+                update = next(iter(content.array_records.values()))
+                reason = screen(update, self.reference, expected) or ""
+            up = content_bytes(content)
+            reports.append(ClientReport(node, name, not reason, reason, metrics, up))
+            if not reason:
+                accepted.append((name, message))
+        for node in sorted(set(self.sent) - replied):
+            name = self.node_names.get(node, f"node-{node}")
+            reports.append(ClientReport(node, name, False, "no reply before the round timeout"))
+        for report in reports:
+            if not report.accepted:
+                logger.warning("client %s left out of the round: %s", report.name, report.reason)
+        self.reports = sorted(reports, key=lambda report: report.name)
+        return [message for _, message in sorted(accepted, key=lambda item: item[0])]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's weighted aggregation of the screened replies; None when fewer than min_train_nodes."""
+        accepted = self.screen_replies(replies)
+        if len(accepted) < self.min_train_nodes:
+            logger.error(
+                "round %d: %d valid replies, fewer than the %d required",
+                server_round,
+                len(accepted),
+                self.min_train_nodes,
+            )
+            return None, None
+        return super().aggregate_train(server_round, accepted)  # type: ignore[misc]

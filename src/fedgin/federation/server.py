@@ -1,0 +1,221 @@
+"""The ServerApp's round loop: broadcast, screened FedAvg/FedProx, server-side evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedgin.checkpoints import load_checkpoint
+from fedgin.config import DataConfig, RunConfig
+from fedgin.federation.client import CONFIG_KEY
+from fedgin.federation.fedavg import ScreenedFedAvg
+from fedgin.federation.fedprox import ScreenedFedProx
+from fedgin.federation.screening import FederationError, ScreeningMixin
+from fedgin.federation.weights import norm_keys, to_record, to_state_dict
+from fedgin.io_utils import atomic_path
+from fedgin.model import build_unet, resolve_device
+from fedgin.training.data import ValidationSet, build_validation_set
+from fedgin.training.seeding import derive_seed
+from fedgin.training.trainer import write_history
+
+#: Seconds the server waits for enough clients to connect before a round fails.
+NODE_TIMEOUT_S = 120.0
+
+
+@dataclass
+class FederationResult:
+    """A federation's outcome: rounds completed, best global model's score and round, per-round rows."""
+
+    run_dir: Path
+    rounds: int
+    best_score: float
+    best_round: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_strategy(config: RunConfig, local_keys: set[str]) -> ScreenedFedAvg | ScreenedFedProx:
+    """The strategy named in the config, with screening of client replies."""
+    federation = config.federation
+    common = {
+        "fraction_train": federation.fraction_train,
+        "fraction_evaluate": 0.0,  # the global model is evaluated on the server, not on the clients
+        "min_train_nodes": federation.min_clients,
+        "min_available_nodes": federation.min_clients,
+    }
+    strategy: ScreenedFedAvg | ScreenedFedProx
+    if federation.strategy == "fedprox":
+        strategy = ScreenedFedProx(proximal_mu=federation.proximal_mu, **common)
+    else:
+        strategy = ScreenedFedAvg(**common)
+    strategy.setup_screening(local_keys, node_timeout_s=min(NODE_TIMEOUT_S, federation.round_timeout_s))
+    return strategy
+
+
+def server_validation(config: RunConfig) -> ValidationSet:
+    """federation.server_eval (else data.val) as a validation set; empty when neither is given."""
+    specs = config.federation.server_eval or config.data.val or []
+    if not specs:
+        return ValidationSet([])
+    return build_validation_set(config.model_copy(update={"data": DataConfig(val=specs)}))
+
+
+def initial_state(config: RunConfig) -> dict[str, torch.Tensor]:
+    """The round-0 global model, initialised as the single-site trainer initialises its model."""
+    torch.manual_seed(derive_seed(config.seed, "init"))
+    return {key: value.detach().clone() for key, value in build_unet(config.model).state_dict().items()}
+
+
+class FederationServer:
+    """Runs the rounds inside the ServerApp and keeps rounds.csv, last.pt and best.pt in the run dir."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        console: Console,
+        resume_from: Path | None = None,
+        stop_after: int | None = None,
+    ) -> None:
+        self.config = config
+        self.console = console
+        self.run_dir = config.output
+        self.stop_after = stop_after
+        self.device = resolve_device(config.train.device)
+        self.amp = config.train.amp if config.train.amp is not None else self.device.type == "cuda"
+        self.model = build_unet(config.model).to(self.device)
+        self.state = initial_state(config)
+        self.round = 0
+        self.history: list[dict] = []
+        self.best_score, self.best_round = -math.inf, -1
+        if resume_from is not None:
+            checkpoint = load_checkpoint(resume_from)
+            self.state = dict(checkpoint["model"])
+            self.round = int(checkpoint["round"])
+            self.history = list(checkpoint.get("history", []))
+            self.best_score = float(checkpoint.get("best_score", -math.inf))
+            self.best_round = int(checkpoint.get("best_round", -1))
+        self.seconds = 0.0
+
+    @property
+    def result(self) -> FederationResult:
+        return FederationResult(
+            self.run_dir, self.round, self.best_score, self.best_round, list(self.history), self.seconds
+        )
+
+    def save(self, name: str) -> None:
+        """A fedgin checkpoint (loadable by `fedgin evaluate --checkpoint`) plus the round and history."""
+        payload = {
+            "format": "fedgin-checkpoint/1",
+            "kind": "federated",
+            "model": self.state,
+            "config": self.config.model_dump(mode="json"),
+            "round": self.round,
+            "step": self.round,
+            "history": self.history,
+            "best_score": self.best_score,
+            "best_round": self.best_round,
+        }
+        with atomic_path(self.run_dir / "checkpoints" / name) as tmp:
+            torch.save(payload, tmp)
+
+    def main(self, grid: Grid, context: Context) -> None:
+        """The ServerApp's main: one iteration per round from the last completed one."""
+        config, federation = self.config, self.config.federation
+        started = time.perf_counter()
+        strategy = build_strategy(config, norm_keys(self.model) if federation.fedbn else set())
+        validation = server_validation(config)
+        settings = ConfigRecord({CONFIG_KEY: config.model_dump_json()})
+        last = federation.rounds if self.stop_after is None else min(federation.rounds, self.stop_after)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not self.console.is_terminal,
+        ) as progress:
+            task = progress.add_task(
+                "rounds", total=federation.rounds, completed=self.round, status="starting clients"
+            )
+            while self.round < last:
+                row = self.run_round(grid, strategy, validation, settings, self.round + 1)
+                summary = (
+                    f"round {row['round']}: {row['clients']} clients, loss {row['train_loss']:.4f}, "
+                    + ", ".join(
+                        f"{k.removeprefix('val_dice_')} {v:.3f}"
+                        for k, v in row.items()
+                        if k.startswith("val_dice_")
+                    )
+                    + (f"; left out: {row['left_out']}" if row["left_out"] else "")
+                )
+                progress.update(task, completed=self.round, status=f"val {row['val_score']:.3f}")
+                progress.console.print(summary)
+        self.seconds = time.perf_counter() - started
+
+    def run_round(
+        self,
+        grid: Grid,
+        strategy: ScreeningMixin,
+        validation: ValidationSet,
+        settings: ConfigRecord,
+        server_round: int,
+    ) -> dict:
+        started = time.perf_counter()
+        reference = self.state
+        arrays = to_record(self.state)
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(settings)), grid)
+        replies = grid.send_and_receive(messages, timeout=self.config.federation.round_timeout_s)
+        aggregated, _ = strategy.aggregate_train(server_round, replies)
+        reports = strategy.reports
+        left_out = "; ".join(f"{r.name}: {r.reason}" for r in reports if not r.accepted)
+        if aggregated is None:
+            raise FederationError(
+                f"round {server_round}: fewer than {self.config.federation.min_clients} valid client replies"
+                + (f" ({left_out})" if left_out else "")
+                + "; the last completed round is kept in checkpoints/last.pt (continue with --resume)"
+            )
+        state = dict(self.state)
+        state.update(to_state_dict(aggregated, reference))
+        self.state = state
+        self.round = server_round
+
+        accepted = [r for r in reports if r.accepted]
+        examples = sum(r.metrics["num-examples"] for r in accepted)
+        row: dict = {
+            "round": server_round,
+            "clients": len(accepted),
+            "left_out": left_out,
+            "train_loss": round(
+                sum(r.metrics["train-loss"] * r.metrics["num-examples"] for r in accepted) / examples, 5
+            ),
+        }
+        for report in accepted:
+            row[f"loss_{report.name}"] = round(report.metrics["train-loss"], 5)
+            row[f"examples_{report.name}"] = int(report.metrics["num-examples"])
+        if validation.cases:
+            self.model.load_state_dict(self.state)
+            scores = validation.evaluate(self.model, self.device, self.amp, self.config.model)
+            row.update({f"val_dice_{domain}": round(value, 5) for domain, value in scores.items()})
+            score = validation.score(scores)
+        else:  # without evaluation cases the best model is the one with the lowest training loss
+            score = -row["train_loss"]
+        row["val_score"] = round(score, 5)
+        row["bytes_down"] = sum(strategy.sent.values())
+        row["bytes_up"] = sum(r.bytes_up for r in reports)
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        self.history.append(row)
+        write_history(self.run_dir / "rounds.csv", self.history)
+        if score > self.best_score:
+            self.best_score, self.best_round = score, server_round
+            self.save("best.pt")
+        self.save("last.pt")
+        return row

@@ -1,0 +1,81 @@
+"""Model weights as Flower ArrayRecords: conversion, FedBN's local keys, screening of client updates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, RecordDict
+from torch import nn
+
+#: Normalisation layers whose affine weights and running statistics FedBN keeps on the site.
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+)
+
+
+def norm_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the normalisation layers (weights, biases, running statistics)."""
+    keys: set[str] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, NORM_TYPES):
+            prefix = f"{name}." if name else ""
+            keys.update(prefix + key for key in module.state_dict())
+    return keys
+
+
+def to_record(state: Mapping[str, torch.Tensor], exclude: set[str] | None = None) -> ArrayRecord:
+    """A state dict (minus `exclude`) as an ArrayRecord, keys in the state dict's order."""
+    exclude = exclude or set()
+    return ArrayRecord(
+        {
+            key: Array(value.detach().cpu().contiguous().numpy())
+            for key, value in state.items()
+            if key not in exclude
+        }
+    )
+
+
+def to_state_dict(record: ArrayRecord, like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The record's arrays as tensors with the dtypes of `like` (FedAvg returns int buffers as floats)."""
+    state = {}
+    for key, array in record.items():
+        value = torch.from_numpy(np.array(array.numpy(), copy=True))
+        reference = like.get(key)
+        if reference is not None and value.dtype != reference.dtype:
+            value = value.round() if not reference.dtype.is_floating_point else value
+            value = value.to(reference.dtype)
+        state[key] = value
+    return state
+
+
+def merge(base: ArrayRecord, update: ArrayRecord) -> ArrayRecord:
+    """`base` with the arrays of `update` replacing those of the same key (FedBN's partial updates)."""
+    merged = ArrayRecord({key: base[key] for key in base})
+    for key in update:
+        merged[key] = update[key]
+    return merged
+
+
+def screen(update: ArrayRecord, reference: ArrayRecord, expected_keys: set[str]) -> str | None:
+    """Why a client's update cannot be aggregated (wrong keys, shapes or non-finite values), or None."""
+    keys = set(update.keys())
+    if keys != expected_keys:
+        missing, extra = sorted(expected_keys - keys), sorted(keys - expected_keys)
+        return f"wrong keys (missing {missing[:3]}, unexpected {extra[:3]})"
+    for key in update:
+        array = update[key]
+        if tuple(array.shape) != tuple(reference[key].shape):
+            return f"wrong shape for {key}: {tuple(array.shape)} instead of {tuple(reference[key].shape)}"
+        values = array.numpy()
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            return f"non-finite weights in {key}"
+    return None
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Payload bytes of a message's records (arrays, metrics, config), as Flower counts them."""
+    return sum(record.count_bytes() for record in content.values())

@@ -1,0 +1,303 @@
+"""Federated training on Flower's simulation engine: records, FedAvg's aggregate, resume, faults."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from fedgin.checkpoints import load_checkpoint, load_model
+from fedgin.config import ClientSpec, DataSpec, PreprocessConfig, RunConfig, SynthConfig
+from fedgin.errors import ConfigError
+from fedgin.federation import run_federation
+from fedgin.federation.client import client_run_config, client_spec, proximal_term, train_round
+from fedgin.federation.server import initial_state
+from fedgin.federation.simulation import check_federation
+from fedgin.federation.weights import norm_keys, screen, to_record
+from fedgin.model import build_unet
+from fedgin.prepare import prepare
+from fedgin.synth import generate
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("federation")
+    preprocess = PreprocessConfig(spacing_mm=8.0, size=48)
+    out = {}
+    for name, source, modality, seed in (("ct", "totalseg-ct", "ct", 1), ("t2", "totalseg-mri", "mri_t2", 2)):
+        synth = SynthConfig(
+            subjects=4, seed=seed, shape=(48, 48, 12), spacing=(8, 8, 25), modalities=[modality]
+        )
+        generate(synth, "totalseg", base / f"data_{name}", progress=False)
+        assert prepare(
+            source, base / f"data_{name}", base / f"cache_{name}", preprocess, workers=1, progress=False
+        ).ok
+        out[name] = base / f"cache_{name}"
+    return out
+
+
+def fl_config(
+    caches: dict[str, Path], output: Path, clients: list[dict] | None = None, **fed: object
+) -> RunConfig:
+    """Two sites with different amounts of data (CT: train + test splits, MRI: train only)."""
+    clients = clients or [
+        {"name": "ct", "data": [{"cache": caches["ct"], "splits": ["train", "test"]}]},
+        {"name": "mri", "data": [{"cache": caches["t2"]}]},
+    ]
+    return RunConfig(
+        name="fl-tiny",
+        seed=7,
+        output=output,
+        model={"channels": (4, 8), "strides": (2,), "num_res_units": 1},
+        train={"batch_size": 4, "device": "cpu"},
+        federation={
+            "rounds": 2,
+            "local_steps": 2,
+            "min_clients": 2,
+            "round_timeout_s": 120,
+            "clients": clients,
+            "server_eval": [{"cache": caches["ct"]}, {"cache": caches["t2"]}],
+            **fed,
+        },
+    )
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def rounds_csv(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "rounds.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+#: How long the 'slow' client of the timeout test keeps its reply (the round timeout is 40 s).
+SLOW_CLIENT_S = 70.0
+
+
+# -- ClientApps for the tests (module level so that Ray's workers can import them) ----------------------
+def recording_train(message: Message, context: Context) -> Message:
+    """fedgin's client, also saving what it sends so the test can recompute FedAvg's mean."""
+    reply = train_round(message, context)
+    config = RunConfig.model_validate_json(str(message.content["config"]["fedgin-config"]))
+    name = str(reply.content["client"]["name"])
+    round_ = int(message.content["config"]["server-round"])
+    folder = config.output / "client_updates"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "arrays": reply.content["arrays"].to_torch_state_dict(),
+            "num-examples": float(reply.content["metrics"]["num-examples"]),
+        },
+        folder / f"{name}_round{round_}.pt",
+    )
+    return reply
+
+
+def faulty_train(message: Message, context: Context) -> Message:
+    """fedgin's client, except that client 'nan' replies with a NaN among its weights."""
+    reply = train_round(message, context)
+    if str(reply.content["client"]["name"]) == "nan":
+        arrays = reply.content["arrays"]
+        key = next(iter(arrays.keys()))
+        values = arrays[key].numpy().copy()
+        values.flat[0] = np.nan
+        arrays[key] = Array(values)
+    return reply
+
+
+def slow_train(message: Message, context: Context) -> Message:
+    """fedgin's client, except that client 'slow' replies long after the round timeout."""
+    reply = train_round(message, context)
+    if str(reply.content["client"]["name"]) == "slow":
+        time.sleep(SLOW_CLIENT_S)
+    return reply
+
+
+def slow_app() -> ClientApp:
+    app = ClientApp()
+    app.train()(slow_train)
+    return app
+
+
+def recording_app() -> ClientApp:
+    app = ClientApp()
+    app.train()(recording_train)
+    return app
+
+
+def faulty_app() -> ClientApp:
+    app = ClientApp()
+    app.train()(faulty_train)
+    return app
+
+
+# -- without Flower -------------------------------------------------------------------------------------
+def test_screen_rejects_nan_wrong_shape_and_keys() -> None:
+    reference = ArrayRecord({"a": Array(np.zeros((2, 3), np.float32)), "b": Array(np.zeros(4, np.float32))})
+    good = ArrayRecord({"a": Array(np.ones((2, 3), np.float32)), "b": Array(np.ones(4, np.float32))})
+    assert screen(good, reference, {"a", "b"}) is None
+    nan = ArrayRecord({"a": Array(np.full((2, 3), np.nan, np.float32)), "b": Array(np.ones(4, np.float32))})
+    assert "non-finite" in screen(nan, reference, {"a", "b"})
+    inf = ArrayRecord({"a": Array(np.ones((2, 3), np.float32)), "b": Array(np.full(4, np.inf, np.float32))})
+    assert "non-finite weights in b" in screen(inf, reference, {"a", "b"})
+    shape = ArrayRecord({"a": Array(np.ones((3, 2), np.float32)), "b": Array(np.ones(4, np.float32))})
+    assert "wrong shape for a" in screen(shape, reference, {"a", "b"})
+    assert "wrong keys" in screen(ArrayRecord({"a": good["a"]}), reference, {"a", "b"})
+
+
+def test_client_seeds_and_config_checks(caches: dict[str, Path], tmp_path: Path) -> None:
+    config = fl_config(caches, tmp_path / "run")
+    spec = client_spec(config, {"partition-id": 1})
+    assert spec.name == "mri" and client_spec(config, {"client-name": "ct"}).name == "ct"
+    first, again = client_run_config(config, spec, 1), client_run_config(config, spec, 1)
+    assert first.seed == again.seed != client_run_config(config, spec, 2).seed
+    assert first.data.train == spec.data
+    with pytest.raises(ConfigError, match="no entry"):
+        client_spec(config, {"partition-id": 5})
+    with pytest.raises(ConfigError, match="min_clients"):
+        check_federation(fl_config(caches, tmp_path / "x", min_clients=3))
+    duplicate = [ClientSpec(name="a", data=[DataSpec(cache=caches["ct"])])] * 2
+    with pytest.raises(ConfigError, match="unique"):
+        check_federation(fl_config(caches, tmp_path / "y", clients=duplicate))
+    # FedBN keeps the instance norms' affine weights local, never convolutions.
+    keys = norm_keys(build_unet(config.model))
+    assert keys and all(".N." in key for key in keys)
+
+
+# -- real Flower simulations ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def uninterrupted(caches: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = fl_config(caches, tmp_path_factory.mktemp("fl") / "full")
+    result = run_federation(config)
+    assert result.rounds == 2
+    return config.output
+
+
+def test_federation_records_and_checkpoints(caches: dict[str, Path], uninterrupted: Path) -> None:
+    run = uninterrupted
+    rows = rounds_csv(run)
+    model_bytes = sum(v.numel() * v.element_size() for v in weights(run / "checkpoints" / "last.pt").values())
+    assert [row["round"] for row in rows] == ["1", "2"]
+    for row in rows:
+        assert row["clients"] == "2" and row["left_out"] == ""
+        assert row["examples_ct"] == "36" and row["examples_mri"] == "24"  # slices of 3 and 2 cases
+        for column in ("loss_ct", "loss_mri", "train_loss", "val_dice_ct", "val_dice_mri_t2", "val_score"):
+            assert math.isfinite(float(row[column])), column
+        # Both directions carry the whole model to / from each of the two clients.
+        assert int(row["bytes_up"]) >= 2 * model_bytes and int(row["bytes_down"]) >= 2 * model_bytes
+    config = RunConfig.model_validate(tomllib.loads((run / "config.toml").read_text()))
+    assert config.federation.rounds == 2 and [c.name for c in config.federation.clients] == ["ct", "mri"]
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["round"] == 2 and len(last["history"]) == 2
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["round"] == best["best_round"] == last["best_round"]
+    _, loaded_config = load_model(run / "checkpoints" / "last.pt")  # `fedgin evaluate` can use it
+    assert loaded_config.federation.clients == config.federation.clients
+    start = initial_state(config)
+    changed = [key for key, value in last["model"].items() if not torch.equal(value, start[key])]
+    assert len(changed) > len(start) // 2
+
+
+def test_fedavg_aggregate_and_exact_resume(
+    caches: dict[str, Path], uninterrupted: Path, tmp_path: Path
+) -> None:
+    config = fl_config(caches, tmp_path / "resumed")
+    first = run_federation(config, stop_after=1, client_app=recording_app())
+    assert first.rounds == 1 and len(rounds_csv(config.output)) == 1
+
+    # The global model after round 1 is the num-examples-weighted mean of the two clients' weights.
+    updates = [torch.load(config.output / "client_updates" / f"{n}_round1.pt") for n in ("ct", "mri")]
+    assert [u["num-examples"] for u in updates] == [36.0, 24.0]
+    total = sum(u["num-examples"] for u in updates)
+    global_1 = weights(config.output / "checkpoints" / "last.pt")
+    for key, value in global_1.items():
+        expected = sum(u["arrays"][key].double() * u["num-examples"] / total for u in updates)
+        torch.testing.assert_close(value.double(), expected.to(value.dtype).double(), rtol=1e-6, atol=1e-7)
+    assert not torch.equal(updates[0]["arrays"][key], updates[1]["arrays"][key])
+
+    with pytest.raises(ConfigError, match="not empty"):
+        run_federation(config)
+    second = run_federation(config, resume=True, client_app=recording_app())
+    assert second.rounds == 2 and [row["round"] for row in rounds_csv(config.output)] == ["1", "2"]
+    resumed, full = (
+        weights(config.output / "checkpoints" / "last.pt"),
+        weights(uninterrupted / "checkpoints" / "last.pt"),
+    )
+    assert resumed.keys() == full.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)
+
+
+def test_faulty_clients_are_left_out_fedprox_fedbn(
+    caches: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ct = [{"cache": caches["ct"]}]
+    missing = [{"cache": tmp_path / "no-such-cache"}]  # this site raises while loading its data
+    clients = [
+        {"name": name, "data": data}
+        for name, data in (("crash", missing), ("ct", ct), ("mri", [{"cache": caches["t2"]}]), ("nan", ct))
+    ]
+    # Also exercises FedProx (proximal-mu sent to the clients) and FedBN (norm weights stay on the sites).
+    config = fl_config(
+        caches,
+        tmp_path / "faults",
+        clients=clients,
+        rounds=1,
+        strategy="fedprox",
+        proximal_mu=0.1,
+        fedbn=True,
+    )
+    with caplog.at_level("WARNING", logger="fedgin.federation"):
+        result = run_federation(config, client_app=faulty_app())
+    assert result.rounds == 1
+    (row,) = rounds_csv(config.output)
+    assert row["clients"] == "2"
+    assert "examples_crash" not in row and "examples_nan" not in row
+    assert "client crash: DataError" in row["left_out"] and "no-such-cache" in row["left_out"]
+    assert "nan: non-finite weights" in row["left_out"]
+    assert "non-finite weights" in caplog.text and "client crash: DataError" in caplog.text
+    assert all(
+        torch.isfinite(v.float()).all() for v in weights(config.output / "checkpoints" / "last.pt").values()
+    )
+    final = weights(config.output / "checkpoints" / "last.pt")
+    start, local = initial_state(config), norm_keys(build_unet(config.model))
+    assert all(torch.equal(final[key], start[key]) for key in local)  # FedBN: never sent, never averaged
+    assert not all(torch.equal(final[key], start[key]) for key in set(start) - local)
+    full_reply = to_record(final).count_bytes()  # serialized arrays of the whole model
+    assert int(row["bytes_up"]) < 3 * full_reply  # three replies (ct, mri, nan) without the norm weights
+
+
+def test_proximal_term_is_zero_at_the_global_weights_and_grows() -> None:
+    model = build_unet(RunConfig(model={"channels": (4, 8), "strides": (2,)}).model)
+    term = proximal_term(model, mu=0.5)
+    assert float(term(model)) == 0.0
+    with torch.no_grad():
+        first = next(model.parameters())
+        first.add_(1.0)
+    assert float(term(model)) == pytest.approx(0.5 * 0.5 * first.numel())
+
+
+@pytest.mark.slow
+def test_slow_client_is_left_out_after_the_round_timeout(caches: dict[str, Path], tmp_path: Path) -> None:
+    clients = [
+        {"name": "ct", "data": [{"cache": caches["ct"]}]},
+        {"name": "slow", "data": [{"cache": caches["ct"]}]},
+        {"name": "mri", "data": [{"cache": caches["t2"]}]},
+    ]
+    config = fl_config(caches, tmp_path / "timeout", clients=clients, rounds=1, round_timeout_s=40)
+    started = time.perf_counter()
+    result = run_federation(config, client_app=slow_app())
+    assert result.rounds == 1
+    (row,) = rounds_csv(config.output)
+    assert row["clients"] == "2" and "no reply before the round timeout" in row["left_out"]
+    assert float(row["seconds"]) < SLOW_CLIENT_S
+    assert time.perf_counter() - started < 3 * SLOW_CLIENT_S
