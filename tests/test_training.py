@@ -24,6 +24,7 @@ from fedgin.errors import ConfigError
 from fedgin.prepare import prepare
 from fedgin.synth import generate
 from fedgin.training import run_training
+from fedgin.training.data import select_cases
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +147,14 @@ def test_run_directory_is_never_mixed(caches: dict[str, Path], tmp_path: Path) -
     with pytest.raises(ConfigError, match="not empty"):
         run_training(config)
     assert run_training(config, overwrite=True).steps == 2
+
+
+def test_epochs_count_passes_over_the_training_slices(caches: dict[str, Path], tmp_path: Path) -> None:
+    config = tiny_config(caches, tmp_path / "epochs", epochs=1, batch_size=8, val_interval=100)
+    slices = sum(entry.n_slices for _, entry in select_cases(config.data.train[0], ["train"])) + sum(
+        entry.n_slices for _, entry in select_cases(config.data.train[1], ["train"])
+    )
+    assert run_training(config).steps == slices // 8
 
 
 def test_train_command(caches: dict[str, Path], tmp_path: Path) -> None:

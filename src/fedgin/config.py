@@ -94,6 +94,9 @@ class GINConfig(Settings):
 
 class TrainConfig(Settings):
     steps: int = Field(1500, ge=1, description="Optimizer steps of a centralized or local run.")
+    epochs: int | None = Field(
+        None, ge=1, description="If set, train this many passes over the training slices instead of `steps`."
+    )
     batch_size: int = Field(8, ge=1)
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)

@@ -277,7 +277,8 @@ def run_training(
         f"GIN {'on' if trainer.gin else 'off'}, device {trainer.device}, amp {trainer.amp}"
     )
 
-    total = config.train.steps
+    # An epoch is one pass over the training slices (in batches of batch_size); steps count otherwise.
+    total = config.train.epochs * trainer.batches_per_epoch if config.train.epochs else config.train.steps
     interval = config.train.val_interval
     done_this_call = 0
     with Progress(
