@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedgin.checkpoints import load_checkpoint, load_model
-from fedgin.config import ClientSpec, DataSpec, PreprocessConfig, RunConfig, SynthConfig
+from fedgin.config import ClientSpec, DataSpec, RunConfig
 from fedgin.errors import ConfigError
 from fedgin.federation import run_federation
 from fedgin.federation.client import client_run_config, client_spec, proximal_term, train_round
@@ -23,25 +23,6 @@ from fedgin.federation.server import initial_state
 from fedgin.federation.simulation import check_federation
 from fedgin.federation.weights import norm_keys, screen, to_record
 from fedgin.model import build_unet
-from fedgin.prepare import prepare
-from fedgin.synth import generate
-
-
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("federation")
-    preprocess = PreprocessConfig(spacing_mm=8.0, size=48)
-    out = {}
-    for name, source, modality, seed in (("ct", "totalseg-ct", "ct", 1), ("t2", "totalseg-mri", "mri_t2", 2)):
-        synth = SynthConfig(
-            subjects=4, seed=seed, shape=(48, 48, 12), spacing=(8, 8, 25), modalities=[modality]
-        )
-        generate(synth, "totalseg", base / f"data_{name}", progress=False)
-        assert prepare(
-            source, base / f"data_{name}", base / f"cache_{name}", preprocess, workers=1, progress=False
-        ).ok
-        out[name] = base / f"cache_{name}"
-    return out
 
 
 def fl_config(

@@ -16,32 +16,11 @@ from fedgin.config import (
     DataSpec,
     GINConfig,
     ModelConfig,
-    PreprocessConfig,
     RunConfig,
-    SynthConfig,
 )
 from fedgin.errors import ConfigError
-from fedgin.prepare import prepare
-from fedgin.synth import generate
 from fedgin.training import run_training
 from fedgin.training.data import select_cases
-
-
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("training")
-    preprocess = PreprocessConfig(spacing_mm=8.0, size=48)
-    out = {}
-    for name, source, modality, seed in (("ct", "totalseg-ct", "ct", 1), ("t2", "totalseg-mri", "mri_t2", 2)):
-        synth = SynthConfig(
-            subjects=4, seed=seed, shape=(48, 48, 12), spacing=(8, 8, 25), modalities=[modality]
-        )
-        generate(synth, "totalseg", base / f"data_{name}", progress=False)
-        assert prepare(
-            source, base / f"data_{name}", base / f"cache_{name}", preprocess, workers=1, progress=False
-        ).ok
-        out[name] = base / f"cache_{name}"
-    return out
 
 
 def tiny_config(caches: dict[str, Path], output: Path, **train: object) -> RunConfig:
