@@ -173,8 +173,15 @@ def test_federation_records_and_checkpoints(caches: dict[str, Path], uninterrupt
         assert row["examples_ct"] == "36" and row["examples_mri"] == "24"  # slices of 3 and 2 cases
         for column in ("loss_ct", "loss_mri", "train_loss", "val_dice_ct", "val_dice_mri_t2", "val_score"):
             assert math.isfinite(float(row[column])), column
+        organs = [
+            float(row[f"val_dice_ct_{organ}"])
+            for organ in ("liver", "kidneys", "spleen", "pancreas", "gallbladder")
+        ]
+        # The per-domain figure is the mean over cases of each case's organ mean, hence the organs' mean.
+        assert float(row["val_dice_ct"]) == pytest.approx(sum(organs) / 5, abs=1e-4)
         # Both directions carry the whole model to / from each of the two clients.
         assert int(row["bytes_up"]) >= 2 * model_bytes and int(row["bytes_down"]) >= 2 * model_bytes
+    assert (run / "learning_curve.png").stat().st_size > 10_000
     config = RunConfig.model_validate(tomllib.loads((run / "config.toml").read_text()))
     assert config.federation.rounds == 2 and [c.name for c in config.federation.clients] == ["ct", "mri"]
     last = load_checkpoint(run / "checkpoints" / "last.pt")

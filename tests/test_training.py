@@ -63,7 +63,10 @@ def test_run_directory_and_checkpoint_contents(caches: dict[str, Path], tmp_path
     assert [int(row["step"]) for row in rows] == [2, 3, 4, 6]
     validated = [row for row in rows if row["val_score"]]
     assert [int(row["step"]) for row in validated] == [3, 6]
-    assert {"val_dice_ct", "val_dice_mri_t2"} <= set(rows[0])
+    assert {"val_dice_ct", "val_dice_mri_t2", "val_dice_ct_liver", "val_dice_mri_t2_gallbladder"} <= set(
+        rows[0]
+    )
+    assert (run / "learning_curve.png").stat().st_size > 10_000
     assert all(0.0 <= float(row["val_dice_ct"]) <= 1.0 for row in validated)
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert {"model", "optimizer", "scaler", "step", "config", "rng", "history"} <= set(last)

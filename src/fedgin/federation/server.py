@@ -22,6 +22,7 @@ from fedgin.federation.screening import FederationError, ScreeningMixin
 from fedgin.federation.weights import norm_keys, to_record, to_state_dict
 from fedgin.io_utils import atomic_path
 from fedgin.model import build_unet, resolve_device
+from fedgin.reports.curves import plot_learning_curve
 from fedgin.training.data import ValidationSet, build_validation_set
 from fedgin.training.seeding import derive_seed
 from fedgin.training.trainer import write_history
@@ -151,9 +152,9 @@ class FederationServer:
                 summary = (
                     f"round {row['round']}: {row['clients']} clients, loss {row['train_loss']:.4f}, "
                     + ", ".join(
-                        f"{k.removeprefix('val_dice_')} {v:.3f}"
-                        for k, v in row.items()
-                        if k.startswith("val_dice_")
+                        f"{domain} {row[f'val_dice_{domain}']:.3f}"
+                        for domain in validation.domain_modality
+                        if f"val_dice_{domain}" in row
                     )
                     + (f"; left out: {row['left_out']}" if row["left_out"] else "")
                 )
@@ -203,9 +204,8 @@ class FederationServer:
             row[f"examples_{report.name}"] = int(report.metrics["num-examples"])
         if validation.cases:
             self.model.load_state_dict(self.state)
-            scores = validation.evaluate(self.model, self.device, self.amp, self.config.model)
-            row.update({f"val_dice_{domain}": round(value, 5) for domain, value in scores.items()})
-            score = validation.score(scores)
+            columns, score = validation.record(self.model, self.device, self.amp, self.config.model)
+            row.update(columns)
         else:  # without evaluation cases the best model is the one with the lowest training loss
             score = -row["train_loss"]
         row["val_score"] = round(score, 5)
@@ -214,6 +214,9 @@ class FederationServer:
         row["seconds"] = round(time.perf_counter() - started, 3)
         self.history.append(row)
         write_history(self.run_dir / "rounds.csv", self.history)
+        plot_learning_curve(
+            self.run_dir / "rounds.csv", self.run_dir / "learning_curve.png", "round", self.config.name
+        )
         if score > self.best_score:
             self.best_score, self.best_round = score, server_round
             self.save("best.pt")

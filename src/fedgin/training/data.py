@@ -51,9 +51,9 @@ def build_train_slices(config: RunConfig) -> SliceDataset | PatchSampler:
     return SliceDataset.from_entries(selected)
 
 
-def case_dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Mean Dice over the five organs of one case (an organ absent from both counts as 1)."""
-    return float(np.mean([dice(pred == ORGAN_INDEX[organ], ref == ORGAN_INDEX[organ]) for organ in ORGANS]))
+def organ_dice(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Dice of each organ of one case (an organ absent from both counts as 1)."""
+    return {organ: dice(pred == ORGAN_INDEX[organ], ref == ORGAN_INDEX[organ]) for organ in ORGANS}
 
 
 @dataclass
@@ -66,18 +66,42 @@ class ValidationSet:
     def domain_modality(self) -> dict[str, str]:
         return {entry.domain: entry.modality for _, entry in self.cases}
 
-    def evaluate(
+    def evaluate_organs(
         self, model: nn.Module, device: torch.device, amp: bool, model_config: ModelConfig
-    ) -> dict[str, float]:
-        """Mean over cases of the per-case mean organ Dice, per domain."""
-        per_domain: dict[str, list[float]] = defaultdict(list)
+    ) -> dict[str, dict[str, float]]:
+        """Per domain: mean over cases of each organ's Dice and of the per-case mean over organs ("mean")."""
+        per_domain: dict[str, list[dict[str, float]]] = defaultdict(list)
         for cache, entry in self.cases:
             image = cache.load_image(entry)
             pred = predict_volume(
                 model, image, device, model_config.dimensions, amp=amp, roi_size=model_config.patch_size
             )
-            per_domain[entry.domain].append(case_dice(pred, np.asarray(cache.load_label(entry))))
-        return {domain: float(np.mean(values)) for domain, values in sorted(per_domain.items())}
+            organs = organ_dice(pred, np.asarray(cache.load_label(entry)))
+            per_domain[entry.domain].append(organs | {"mean": float(np.mean(list(organs.values())))})
+        return {
+            domain: {key: float(np.mean([case[key] for case in cases])) for key in (*ORGANS, "mean")}
+            for domain, cases in sorted(per_domain.items())
+        }
+
+    def evaluate(
+        self, model: nn.Module, device: torch.device, amp: bool, model_config: ModelConfig
+    ) -> dict[str, float]:
+        """Mean over cases of the per-case mean organ Dice, per domain."""
+        return {
+            domain: values["mean"]
+            for domain, values in self.evaluate_organs(model, device, amp, model_config).items()
+        }
+
+    def record(
+        self, model: nn.Module, device: torch.device, amp: bool, model_config: ModelConfig
+    ) -> tuple[dict[str, float], float]:
+        """Learning-curve columns (val_dice_<domain>, val_dice_<domain>_<organ>) and the selection score."""
+        organ_scores = self.evaluate_organs(model, device, amp, model_config)
+        columns: dict[str, float] = {}
+        for domain, values in organ_scores.items():
+            columns[f"val_dice_{domain}"] = round(values["mean"], 5)
+            columns.update({f"val_dice_{domain}_{organ}": round(values[organ], 5) for organ in ORGANS})
+        return columns, self.score({domain: values["mean"] for domain, values in organ_scores.items()})
 
     def score(self, scores: dict[str, float]) -> float:
         """The model-selection score: mean over modalities (CT, MRI) of their domains' mean Dice."""

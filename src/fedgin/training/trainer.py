@@ -25,6 +25,7 @@ from fedgin.evaluation.inference import autocast_context
 from fedgin.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from fedgin.model import build_loss, build_unet, resolve_device
 from fedgin.patches import PatchSampler
+from fedgin.reports.curves import plot_learning_curve
 from fedgin.slices import ForegroundBatchSampler, SliceDataset
 from fedgin.training.data import ValidationSet, build_train_slices, build_validation_set
 from fedgin.training.seeding import derive_seed, rng_state, seed_everything, set_rng_state, torch_generator
@@ -312,10 +313,10 @@ def run_training(
                 "gin_share": round(stats.gin_seconds / max(stats.seconds, 1e-9), 4),
             }
             if trainer.step % interval == 0 or trainer.step == total:
-                scores = validation.evaluate(trainer.model, trainer.device, trainer.amp, config.model)
-                row.update({f"val_dice_{domain}": round(value, 5) for domain, value in scores.items()})
-                # Without validation cases the best model is the one with the lowest training loss.
-                score = validation.score(scores) if scores else -stats.mean_loss
+                columns, score = validation.record(trainer.model, trainer.device, trainer.amp, config.model)
+                row.update(columns)
+                if not validation.cases:  # then the best model is the one with the lowest training loss
+                    score = -stats.mean_loss
                 row["val_score"] = round(score, 5)
                 if score > best_score:
                     best_score, best_step = score, trainer.step
@@ -324,10 +325,13 @@ def run_training(
                     )
                 progress.console.print(
                     f"step {trainer.step}: loss {stats.mean_loss:.4f}, val "
-                    + ", ".join(f"{domain} {value:.3f}" for domain, value in scores.items())
+                    + ", ".join(
+                        f"{domain} {row[f'val_dice_{domain}']:.3f}" for domain in validation.domain_modality
+                    )
                 )
             history.append(row)
             write_history(run_dir / "metrics.csv", history)
+            plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png", "step", config.name)
             trainer.save(
                 run_dir / "checkpoints" / "last.pt",
                 history=history,
