@@ -131,6 +131,15 @@ def test_run_directory_is_never_mixed(caches: dict[str, Path], tmp_path: Path) -
     assert run_training(config, overwrite=True).steps == 2
 
 
+def test_skip_and_max_cases_carve_disjoint_shares(caches: dict[str, Path]) -> None:
+    whole = [
+        entry.case_id for _, entry in select_cases(DataSpec(cache=caches["ct"], splits=["train", "test"]), [])
+    ]
+    first = select_cases(DataSpec(cache=caches["ct"], splits=["train", "test"], max_cases=2), [])
+    rest = select_cases(DataSpec(cache=caches["ct"], splits=["train", "test"], skip_cases=2), [])
+    assert [entry.case_id for _, entry in first + rest] == whole and len(whole) > 2
+
+
 def test_epochs_count_passes_over_the_training_slices(caches: dict[str, Path], tmp_path: Path) -> None:
     config = tiny_config(caches, tmp_path / "epochs", epochs=1, batch_size=8, val_interval=100)
     slices = sum(entry.n_slices for _, entry in select_cases(config.data.train[0], ["train"])) + sum(

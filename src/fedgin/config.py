@@ -59,7 +59,12 @@ class DataSpec(Settings):
     cache: Path
     splits: list[str] | None = Field(None, description="Default: train for training, val for validation.")
     domains: list[str] | None = Field(None, description="e.g. ['ct'] or ['mri_t2']; None keeps all.")
-    max_cases: int | None = Field(None, ge=1, description="Keep the first N cases (limited-data runs).")
+    skip_cases: int = Field(
+        0, ge=0, description="Leave out the first N cases (to split a cache between sites)."
+    )
+    max_cases: int | None = Field(
+        None, ge=1, description="Keep N cases (after skip_cases; limited-data runs)."
+    )
 
 
 class DataConfig(Settings):

@@ -31,6 +31,8 @@ def select_cases(spec: DataSpec, default_splits: Sequence[str]) -> list[CaseRef]
         for entry in cache.cases()
         if entry.split in splits and (spec.domains is None or entry.domain in spec.domains)
     ]
+    # Cases come in the index's stable order, so skip/max carve disjoint, reproducible shares.
+    entries = entries[spec.skip_cases :]
     if spec.max_cases is not None:
         entries = entries[: spec.max_cases]
     if not entries:
