@@ -177,6 +177,9 @@ def test_federation_records_and_checkpoints(caches: dict[str, Path], uninterrupt
             float(row[f"val_dice_ct_{organ}"])
             for organ in ("liver", "kidneys", "spleen", "pancreas", "gallbladder")
         ]
+        # Each site validated its own trained model on its own val cases, per domain.
+        assert 0.0 <= float(row["site_val_ct_ct"]) <= 1.0 and 0.0 <= float(row["site_val_mri_mri_t2"]) <= 1.0
+        assert "site_val_ct_mri_t2" not in row and "site_val_mri_ct" not in row
         # The per-domain figure is the mean over cases of each case's organ mean, hence the organs' mean.
         assert float(row["val_dice_ct"]) == pytest.approx(sum(organs) / 5, abs=1e-4)
         # Both directions carry the whole model to / from each of the two clients.

@@ -136,6 +136,9 @@ class FederationConfig(Settings):
     proximal_mu: float = Field(0.01, ge=0.0, description="FedProx: weight of mu/2 ||w - w_global||^2.")
     fedbn: bool = Field(False, description="Normalisation-layer weights stay on the sites (FedBN).")
     min_clients: int = Field(2, ge=1, description="A round needs at least this many valid replies.")
+    client_validation: bool = Field(
+        True, description="Each site reports the Dice of its trained model on its own val cases, per domain."
+    )
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     round_timeout_s: float = Field(3600.0, gt=0, description="Replies later than this are left out.")
     clients: list[ClientSpec] = Field(default_factory=list)

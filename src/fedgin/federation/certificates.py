@@ -90,9 +90,7 @@ def make_supernode_keys(out_dir: str | Path, name: str) -> SupernodeKeys:
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return SupernodeKeys(
         name=name,
         private_key=_write(out_dir / f"{name}.key", private, private=True),

@@ -10,7 +10,7 @@ from torch import nn
 from fedgin.config import ClientSpec, DataConfig, RunConfig
 from fedgin.errors import ConfigError
 from fedgin.federation.weights import norm_keys, to_record, to_state_dict
-from fedgin.training.data import build_train_slices
+from fedgin.training.data import build_train_slices, build_validation_set
 from fedgin.training.seeding import derive_seed
 from fedgin.training.trainer import ExtraLoss, LocalTrainer
 
@@ -101,6 +101,13 @@ def _train(message: Message, context: Context, config: RunConfig, spec: ClientSp
     steps = federation.local_steps or federation.local_epochs * trainer.batches_per_epoch
     stats = trainer.train_steps(steps, extra_loss=extra)
 
+    validation: dict[str, float] = {}
+    if federation.client_validation:
+        # Validation Dice per domain stays a summary figure: no image or label leaves the site.
+        site_validation = build_validation_set(local.model_copy(update={"data": DataConfig(train=spec.data)}))
+        scores = site_validation.evaluate(model, trainer.device, trainer.amp, local.model)
+        validation = {f"val-dice-{domain}": value for domain, value in scores.items()}
+
     trained = model.state_dict()
     if local_keys:
         context.state[LOCAL_STATE_KEY] = to_record(trained, exclude=set(trained) - local_keys)
@@ -115,7 +122,7 @@ def _train(message: Message, context: Context, config: RunConfig, spec: ClientSp
                     "seconds": stats.seconds,
                 }
             ),
-            "client": ConfigRecord({"name": spec.name}),
+            "client": ConfigRecord({"name": spec.name, **validation}),
         }
     )
     return Message(content=reply, reply_to=message)

@@ -41,6 +41,9 @@ class ClientReport:
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     bytes_up: int = 0
+    #: The site's validation Dice per domain (its ConfigRecord: sites differ in domains, and Flower's
+    #: FedAvg requires the same MetricRecord keys from every site).
+    validation: dict[str, float] = field(default_factory=dict)
 
 
 class ScreeningMixin:
@@ -114,7 +117,14 @@ class ScreeningMixin:
                 update = next(iter(content.array_records.values()))
                 reason = screen(update, self.reference, expected) or ""
             up = content_bytes(content)
-            reports.append(ClientReport(node, name, not reason, reason, metrics, up))
+            validation = {}
+            if "client" in content.config_records:
+                validation = {
+                    key.removeprefix("val-dice-"): float(value)
+                    for key, value in content["client"].items()
+                    if key.startswith("val-dice-")
+                }
+            reports.append(ClientReport(node, name, not reason, reason, metrics, up, validation))
             if not reason:
                 accepted.append((name, message))
         for node in sorted(set(self.sent) - replied):

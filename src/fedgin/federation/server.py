@@ -202,6 +202,8 @@ class FederationServer:
         for report in accepted:
             row[f"loss_{report.name}"] = round(report.metrics["train-loss"], 5)
             row[f"examples_{report.name}"] = int(report.metrics["num-examples"])
+            for domain, value in report.validation.items():  # the site's own validation cases
+                row[f"site_val_{report.name}_{domain}"] = round(value, 5)
         if validation.cases:
             self.model.load_state_dict(self.state)
             columns, score = validation.record(self.model, self.device, self.amp, self.config.model)

@@ -121,7 +121,11 @@ def build_validation_set(config: RunConfig) -> ValidationSet:
     """The validation cases: data.val if given, else the val split of the training caches."""
     specs = config.data.val
     if specs is None:
-        specs = [spec.model_copy(update={"splits": ["val"], "max_cases": None}) for spec in config.data.train]
+        # A site's share of training cases (skip/max) says nothing about which validation cases it may use.
+        specs = [
+            spec.model_copy(update={"splits": ["val"], "skip_cases": 0, "max_cases": None})
+            for spec in config.data.train
+        ]
         cases = []
         for spec in specs:
             try:
