@@ -195,3 +195,12 @@ def test_evaluate_folders_and_gin_preview(tmp_path: Path) -> None:
     result = invoke("gin-preview", "--data", cache, "--out", png, "--draws", 3)
     assert result.exit_code == 0, result.output
     assert png.stat().st_size > 10_000
+
+
+def test_certs_makes_a_ca_and_one_key_pair_per_site(tmp_path: Path) -> None:
+    result = invoke("certs", "--out", tmp_path / "certs", "--sites", "ct,mri")
+    assert result.exit_code == 0, result.output
+    for name in ("ca.crt", "server.crt", "server.key", "supernodes/ct.key", "supernodes/mri.pub"):
+        assert (tmp_path / "certs" / name).stat().st_size > 0, name
+    assert (tmp_path / "certs" / "supernodes" / "ct.key").stat().st_mode & 0o077 == 0
+    assert invoke("certs", "--out", tmp_path / "x", "--sites", " ").exit_code == 2

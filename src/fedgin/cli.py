@@ -176,6 +176,28 @@ def federate(
 
 @app.command()
 @user_errors
+def certs(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the CA, server certificate and keys.")],
+    sites: Annotated[str, typer.Option(help="Comma-separated site names, one SuperNode key pair each.")],
+    host: Annotated[
+        list[str] | None, typer.Option(help="Extra DNS name or IP of the SuperLink (besides localhost).")
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 30,
+) -> None:
+    """Make development TLS certificates and SuperNode keys for a deployment (see docs/deployment.md)."""
+    from fedgin.federation.certificates import make_dev_certificates
+
+    names = [name.strip() for name in sites.split(",") if name.strip()]
+    if not names:
+        raise ConfigError("--sites needs at least one site name")
+    made = make_dev_certificates(out, len(names), names, hosts=host, days=days)
+    console.print(f"development certificates in {made.directory} (not for production: see its README)")
+    for keys in made.supernodes:
+        console.print(f"  {keys.name}: {keys.private_key} / {keys.public_key}")
+
+
+@app.command()
+@user_errors
 def evaluate(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Model checkpoint to evaluate on cached cases.")

@@ -121,7 +121,7 @@ def make_dev_certificates(
         raise ValueError(f"SuperNode names must be unique, got {names}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     until = now + dt.timedelta(days=days)
 
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -199,4 +199,4 @@ def make_dev_certificates(
     return result
 
 
-__all__ = ["DevCertificates", "SupernodeKeys", "make_dev_certificates", "make_supernode_keys", "WARNING"]
+__all__ = ["WARNING", "DevCertificates", "SupernodeKeys", "make_dev_certificates", "make_supernode_keys"]

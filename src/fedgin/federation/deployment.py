@@ -1,0 +1,434 @@
+"""Deployment: the federation across sites on Flower's deployment engine (SuperLink + one SuperNode per site).
+
+Thin helpers around Flower's own commands (`flower-superlink`, `flower-supernode`, `flwr supernode
+register`, `flwr run`), written for Flower 1.41, where the SuperLink serves its Fleet, Control and Runtime
+APIs over HTTPS on one `--host:--port`:
+
+- `superlink_command`: TLS (`--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`) and SuperNode
+  authentication (`--enable-supernode-auth`) ON unless `insecure=True` / `auth=False` is asked for.
+- `register_command`: `flwr supernode register <site>.pub` (only registered public keys may connect).
+- `supernode_command`: one per site, `--auth-supernode-private-key`, `--root-certificates`, and the node
+  config `client-name=<site> cache=<local cache>`; the site's cache path never leaves the site.
+- `write_app` + `run_command`: the Flower app folder (pyproject.toml pointing at `server_app` and
+  `client_app` below, the run config naming the resolved fedgin config) and `flwr run` against it.
+
+`server_app` runs fedgin's `FederationServer` (rounds.csv, best/last checkpoints in `config.output`);
+`client_app` is fedgin's ClientApp with the site's data taken from the node config. Each reply carries
+only the trained weights (ArrayRecord), metrics (MetricRecord: num-examples, train-loss, steps, seconds)
+and the site's name (ConfigRecord) — no images, labels or paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
+
+from fedgin.config import RunConfig, dump_toml, load_toml
+from fedgin.errors import ConfigError
+from fedgin.federation.client import CONFIG_KEY, client_spec, train_round
+from fedgin.io_utils import atomic_write_json
+
+#: Name of the SuperLink connection fedgin writes into FLWR_HOME/config.toml.
+CONNECTION = "fedgin"
+#: Default port of the SuperLink's HTTPS API (Fleet, Control and Runtime in Flower 1.41).
+SUPERLINK_PORT = 9092
+#: Default port of a SuperNode's local Runtime API (bound to 127.0.0.1 on the site).
+SUPERNODE_PORT = 9094
+#: Keys of the app's run config (pyproject.toml [tool.flwr.app.config]).
+RUN_CONFIG_KEY = "fedgin-config"
+
+_BIN = Path(sys.executable).parent
+
+
+def _exe(name: str) -> str:
+    """A Flower executable from this environment (falls back to PATH)."""
+    path = _BIN / name
+    return str(path) if path.exists() else name
+
+
+def flower_env(flwr_home: str | Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for Flower's processes: telemetry and runtime installs off, FLWR_HOME given.
+
+    The SuperLink starts `flower-superexec` (and SuperNodes `flwr-clientapp`) by name, so this
+    environment's bin folder goes first on PATH.
+    """
+    env = dict(os.environ if base is None else base)
+    env.update(
+        {
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_HOME": str(Path(flwr_home).resolve()),
+            "PATH": f"{_BIN}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+# -- commands ---------------------------------------------------------------------------------------------
+def superlink_command(
+    *,
+    ca_cert: str | Path | None = None,
+    server_cert: str | Path | None = None,
+    server_key: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = SUPERLINK_PORT,
+    database: str | Path | None = None,
+    auth: bool = True,
+    insecure: bool = False,
+) -> list[str]:
+    """`flower-superlink` with TLS and SuperNode authentication (both on unless explicitly turned off)."""
+    command = [_exe("flower-superlink")]
+    if insecure:
+        command.append("--insecure")
+    else:
+        if not (ca_cert and server_cert and server_key):
+            raise ConfigError(
+                "the SuperLink needs ca_cert, server_cert and server_key for TLS "
+                "(make them with make_dev_certificates for testing) or an explicit insecure=True"
+            )
+        command += [
+            "--ssl-ca-certfile", str(Path(ca_cert).resolve()),
+            "--ssl-certfile", str(Path(server_cert).resolve()),
+            "--ssl-keyfile", str(Path(server_key).resolve()),
+        ]  # fmt: skip
+    if auth:
+        command.append("--enable-supernode-auth")
+    command += ["--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
+    if database is not None:
+        command += ["--database", str(Path(database).resolve())]
+    return command
+
+
+def supernode_command(
+    site: str,
+    cache: str | Path | None,
+    *,
+    superlink: str = f"127.0.0.1:{SUPERLINK_PORT}",
+    ca_cert: str | Path | None = None,
+    private_key: str | Path | None = None,
+    port: int = SUPERNODE_PORT,
+    insecure: bool = False,
+    max_retries: int | None = None,
+    max_wait_time: float | None = None,
+) -> list[str]:
+    """`flower-supernode` for one site: its name and local cache go in the node config, never on the wire.
+
+    `cache` replaces the cache folder of every data entry of that site in `federation.clients` (None keeps
+    the paths of the run config, e.g. when all sites share one file system).
+    """
+    node_config = f"client-name={_toml_str(site)}"
+    if cache is not None:
+        node_config += f" cache={_toml_str(str(Path(cache).resolve()))}"
+    command = [_exe("flower-supernode")]
+    if insecure:
+        command.append("--insecure")
+    else:
+        if ca_cert is None:
+            raise ConfigError("a SuperNode needs the CA certificate (ca_cert) or an explicit insecure=True")
+        command += ["--root-certificates", str(Path(ca_cert).resolve())]
+    if private_key is not None:
+        command += ["--auth-supernode-private-key", str(Path(private_key).resolve())]
+    command += [
+        "--superlink",
+        superlink,
+        "--node-config",
+        node_config,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if max_retries is not None:
+        command += ["--max-retries", str(max_retries)]
+    if max_wait_time is not None:
+        command += ["--max-wait-time", str(max_wait_time)]
+    return command
+
+
+def register_command(
+    public_key: str | Path, name: str | None = None, connection: str = CONNECTION
+) -> list[str]:
+    """`flwr supernode register <public key> <connection>`: allow one SuperNode's key on the SuperLink."""
+    command = [_exe("flwr"), "supernode", "register", str(Path(public_key).resolve()), connection]
+    if name:
+        command += ["--name", name]
+    return [*command, "--format", "json"]
+
+
+def run_command(app_dir: str | Path, connection: str = CONNECTION, stream: bool = False) -> list[str]:
+    """`flwr run <app> <connection>`: submit fedgin's app to the SuperLink (`--stream` follows the logs)."""
+    command = [_exe("flwr"), "run", str(Path(app_dir).resolve()), connection]
+    return command + (["--stream"] if stream else ["--format", "json"])
+
+
+def format_command(command: list[str]) -> str:
+    return shlex.join(command)
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# -- files ------------------------------------------------------------------------------------------------
+def write_flower_config(
+    flwr_home: str | Path,
+    address: str,
+    ca_cert: str | Path | None = None,
+    *,
+    insecure: bool = False,
+    connection: str = CONNECTION,
+) -> Path:
+    """FLWR_HOME/config.toml with the SuperLink connection `flwr run` and `flwr supernode` use."""
+    entry: dict[str, object] = {"address": address}
+    if insecure:
+        entry["insecure"] = True
+    else:
+        if ca_cert is None:
+            raise ConfigError(
+                "the SuperLink connection needs the CA certificate or an explicit insecure=True"
+            )
+        entry["root-certificates"] = str(Path(ca_cert).resolve())
+    path = Path(flwr_home) / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        tomli_w.dumps({"superlink": {"default": connection, connection: entry}}), encoding="utf-8"
+    )
+    return path
+
+
+def write_app(
+    config: RunConfig, app_dir: str | Path, *, resume: bool = False, overwrite: bool = False
+) -> Path:
+    """The Flower app folder for `flwr run`: pyproject.toml + fedgin.toml (the resolved run config).
+
+    The run config carries the absolute path of fedgin.toml (read by the ServerApp on the SuperLink's
+    machine); the clients get the settings they need from the server's messages.
+    """
+    app_dir = Path(app_dir).resolve()
+    app_dir.mkdir(parents=True, exist_ok=True)
+    config = config.model_copy(update={"output": Path(config.output).resolve()})
+    dump_toml(config, app_dir / "fedgin.toml")
+    pyproject = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {
+            "name": "fedgin-federation",
+            "version": "1.0.0",
+            "description": f"fedgin federation {config.name}",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedgin",
+                    "components": {
+                        "serverapp": "fedgin.federation.deployment:server_app",
+                        "clientapp": "fedgin.federation.deployment:client_app",
+                    },
+                    "config": {
+                        RUN_CONFIG_KEY: str(app_dir / "fedgin.toml"),
+                        "resume": resume,
+                        "overwrite": overwrite,
+                    },
+                }
+            }
+        },
+    }
+    path = app_dir / "pyproject.toml"
+    path.write_text(tomli_w.dumps(pyproject), encoding="utf-8")
+    return path
+
+
+# -- the apps ---------------------------------------------------------------------------------------------
+def site_config(config: RunConfig, node_config: dict) -> RunConfig:
+    """The run config with this site's data read from its own cache (`cache` in the node config)."""
+    if "cache" not in node_config:
+        return config
+    spec = client_spec(config, node_config)
+    cache = Path(str(node_config["cache"]))
+    clients = [
+        client.model_copy(update={"data": [data.model_copy(update={"cache": cache}) for data in client.data]})
+        if client.name == spec.name
+        else client
+        for client in config.federation.clients
+    ]
+    return config.model_copy(update={"federation": config.federation.model_copy(update={"clients": clients})})
+
+
+def deployment_train(message: Message, context: Context) -> Message:
+    """fedgin's train step with the site's local cache from the node config."""
+    node_config = dict(context.node_config)
+    if "cache" in node_config:
+        settings = message.content["config"]
+        config = RunConfig.model_validate_json(str(settings[CONFIG_KEY]))
+        settings[CONFIG_KEY] = site_config(config, node_config).model_dump_json()
+    return train_round(message, context)
+
+
+client_app = ClientApp()
+client_app.train()(deployment_train)
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    """Load the run's fedgin config (path in the run config) and run the rounds as in simulation."""
+    from fedgin.federation.server import FederationServer
+    from fedgin.federation.simulation import check_federation
+    from fedgin.training.trainer import prepare_run_dir
+
+    run_config = dict(context.run_config)
+    config = load_toml(str(run_config[RUN_CONFIG_KEY]), RunConfig)
+    check_federation(config)
+    run_dir = config.output
+    resume_from = prepare_run_dir(run_dir, bool(run_config.get("resume")), bool(run_config.get("overwrite")))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_toml(config, run_dir / "config.toml")
+    server = FederationServer(config, Console(), resume_from=resume_from)
+    server.main(grid, context)
+    result = server.result
+    atomic_write_json(
+        run_dir / "summary.json",
+        {
+            "rounds": result.rounds,
+            "best_score": result.best_score,
+            "best_round": result.best_round,
+            "seconds": round(result.seconds, 3),
+            "engine": "deployment",
+        },
+    )
+
+
+# -- processes --------------------------------------------------------------------------------------------
+@dataclass
+class Process:
+    """A started Flower process: its command, log file and pid."""
+
+    name: str
+    command: list[str]
+    log: Path
+    popen: subprocess.Popen = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+
+
+def start(
+    name: str, command: list[str], log_dir: str | Path, env: dict[str, str], cwd: str | Path | None = None
+) -> Process:
+    """Start `command` in its own session with stdout and stderr in `<log_dir>/<name>.log`."""
+    log = Path(log_dir) / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as handle:
+        popen = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            cwd=cwd, start_new_session=True,
+        )  # fmt: skip
+    (Path(log_dir) / f"{name}.pid").write_text(f"{popen.pid}\n")
+    return Process(name, command, log, popen)
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc (Linux)."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes started under `pid` (Flower detaches SuperExec into its own session)."""
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stop(process: Process, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process and everything it started, SIGKILL what is left after `timeout_s`."""
+    pids = [process.pid, *descendants(process.pid)]
+    _signal(pids, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        process.popen.poll()
+        pids += [pid for pid in descendants(process.pid) if pid not in pids]
+        if not any(_alive(pid) for pid in pids):
+            break
+        time.sleep(0.1)
+    _signal([pid for pid in pids if _alive(pid)], signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.popen.wait(timeout=5)
+
+
+def stop_all(processes: list[Process], timeout_s: float = 10.0) -> None:
+    """Stop processes in reverse start order (SuperNodes before the SuperLink)."""
+    for process in reversed(processes):
+        stop(process, timeout_s)
+
+
+__all__ = [
+    "CONNECTION",
+    "Process",
+    "client_app",
+    "deployment_train",
+    "descendants",
+    "flower_env",
+    "format_command",
+    "register_command",
+    "run_command",
+    "server_app",
+    "site_config",
+    "start",
+    "stop",
+    "stop_all",
+    "superlink_command",
+    "supernode_command",
+    "write_app",
+    "write_flower_config",
+]
