@@ -151,8 +151,7 @@ def inspect(
     """Print a cache's contents: cases per modality and split, spacing, organ voxels, intensities."""
     from fedgin.cache import Cache, summarize
 
-    for table in as_tables(summarize(Cache(cache))):
-        console.print(table)
+    console.print(summarize(Cache(cache)))
 
 
 @app.command()
@@ -307,19 +306,11 @@ def demo(
 
 
 def load_preprocess_config(path: Path | None) -> Any:
-    import tomllib
-
-    from fedgin.config import PreprocessConfig, validate
+    from fedgin.config import PreprocessConfig, read_toml, validate
 
     if path is None:
         return PreprocessConfig()
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML ({error})") from None
-    return validate(raw.get("preprocess", {}), PreprocessConfig, source=f"{path} [preprocess]")
+    return validate(read_toml(path).get("preprocess", {}), PreprocessConfig, source=f"{path} [preprocess]")
 
 
 def parse_label_map(text: str | None) -> dict[int, int] | None:
@@ -335,10 +326,6 @@ def parse_label_map(text: str | None) -> dict[int, int] | None:
         raise ConfigError(
             f"{source}: label map must be a JSON object of integers, e.g. '{{\"1\": 1}}'"
         ) from None
-
-
-def as_tables(result: Any) -> list[Any]:
-    return list(result) if isinstance(result, list | tuple) else [result]
 
 
 def main() -> None:

@@ -164,16 +164,20 @@ class RunConfig(Settings):
 SettingsT = TypeVar("SettingsT", bound=Settings)
 
 
-def load_toml(path: str | Path, model: type[SettingsT]) -> SettingsT:
-    """Load `model` from a TOML file, with errors that name the file and the offending key."""
+def read_toml(path: str | Path) -> dict:
+    """The raw tables of a TOML file, with errors that name the file."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
-    return validate(raw, model, source=str(path))
+
+
+def load_toml(path: str | Path, model: type[SettingsT]) -> SettingsT:
+    """Load `model` from a TOML file, with errors that name the file and the offending key."""
+    return validate(read_toml(path), model, source=str(path))
 
 
 def validate(raw: dict, model: type[SettingsT], source: str = "configuration") -> SettingsT:

@@ -127,9 +127,7 @@ def run_demo(
     console.rule("3. what the caches hold")
     for name, cache_dir in result.caches.items():
         console.print(f"[bold]{name}[/]: {cache_dir}")
-        tables = summarize(Cache(cache_dir))
-        for table in tables if isinstance(tables, list | tuple) else [tables]:
-            console.print(table)
+        console.print(summarize(Cache(cache_dir)))
     console.print(f"\npreview of the synthetic modalities: {result.preview}")
     console.print(f"prepared caches: {out / 'cache'}")
     return result

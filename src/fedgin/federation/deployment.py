@@ -39,7 +39,6 @@ from rich.console import Console
 from fedgin.config import RunConfig, dump_toml, load_toml
 from fedgin.errors import ConfigError
 from fedgin.federation.client import CONFIG_KEY, client_spec, train_round
-from fedgin.io_utils import atomic_write_json
 
 #: Name of the SuperLink connection fedgin writes into FLWR_HOME/config.toml.
 CONNECTION = "fedgin"
@@ -302,17 +301,7 @@ def server_main(grid: Grid, context: Context) -> None:
     dump_toml(config, run_dir / "config.toml")
     server = FederationServer(config, Console(), resume_from=resume_from)
     server.main(grid, context)
-    result = server.result
-    atomic_write_json(
-        run_dir / "summary.json",
-        {
-            "rounds": result.rounds,
-            "best_score": result.best_score,
-            "best_round": result.best_round,
-            "seconds": round(result.seconds, 3),
-            "engine": "deployment",
-        },
-    )
+    server.write_summary(server.seconds, engine="deployment")
 
 
 # -- processes --------------------------------------------------------------------------------------------

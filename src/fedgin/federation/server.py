@@ -20,7 +20,7 @@ from fedgin.federation.fedavg import ScreenedFedAvg
 from fedgin.federation.fedprox import ScreenedFedProx
 from fedgin.federation.screening import FederationError, ScreeningMixin
 from fedgin.federation.weights import norm_keys, to_record, to_state_dict
-from fedgin.io_utils import atomic_path
+from fedgin.io_utils import atomic_path, atomic_write_json
 from fedgin.model import build_unet, resolve_device
 from fedgin.reports.curves import plot_learning_curve
 from fedgin.training.data import ValidationSet, build_validation_set
@@ -109,6 +109,20 @@ class FederationServer:
     def result(self) -> FederationResult:
         return FederationResult(
             self.run_dir, self.round, self.best_score, self.best_round, list(self.history), self.seconds
+        )
+
+    def write_summary(self, seconds: float, engine: str) -> None:
+        """summary.json of the run, the same for the simulation and the deployment engine."""
+        self.seconds = seconds
+        atomic_write_json(
+            self.run_dir / "summary.json",
+            {
+                "rounds": self.round,
+                "best_score": self.best_score,
+                "best_round": self.best_round,
+                "seconds": round(seconds, 3),
+                "engine": engine,
+            },
         )
 
     def save(self, name: str) -> None:

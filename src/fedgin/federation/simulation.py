@@ -15,7 +15,6 @@ from rich.console import Console
 from fedgin.config import RunConfig, dump_toml
 from fedgin.errors import ConfigError
 from fedgin.federation.server import FederationResult, FederationServer
-from fedgin.io_utils import atomic_write_json
 from fedgin.training.trainer import prepare_run_dir
 
 
@@ -116,18 +115,8 @@ def run_federation(
     finally:
         flwr_logger.setLevel(previous_level)
         _stop_ray()
-    result = server.result
-    result.seconds = time.perf_counter() - started
-    atomic_write_json(
-        run_dir / "summary.json",
-        {
-            "rounds": result.rounds,
-            "best_score": result.best_score,
-            "best_round": result.best_round,
-            "seconds": round(result.seconds, 3),
-        },
-    )
-    return result
+    server.write_summary(time.perf_counter() - started, engine="simulation")
+    return server.result
 
 
 def _stop_ray() -> None:
