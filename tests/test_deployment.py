@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from fedgin.config import RunConfig
+from fedgin.config import RunConfig, dump_toml
 from fedgin.federation import deployment as dep
 from fedgin.federation.certificates import make_dev_certificates
 
@@ -40,13 +42,18 @@ def test_certificates_are_private(tmp_path: Path) -> None:
         dep.superlink_command()
 
 
+def fedgin(*args: object) -> list[str]:
+    return [str(Path(sys.executable).parent / "fedgin"), *(str(arg) for arg in args)]
+
+
 def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> None:
-    certs = make_dev_certificates(tmp_path / "certs", 3, ["ct", "t2", "rogue"])
-    home, logs = tmp_path / "flwr-home", tmp_path / "logs"
-    env = dep.flower_env(home)
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    dep.write_flower_config(home, address, certs.ca_cert)
+    """The deployment as a user types it: `fedgin certs`, `fedgin deploy superlink|register|supernode|run`."""
+    certs = tmp_path / "certs"
+    subprocess.run(fedgin("certs", "--out", certs, "--sites", "ct,mix,rogue"), check=True, timeout=60)
+    server, logs = tmp_path / "server", tmp_path / "logs"
+    address = f"127.0.0.1:{free_port()}"
+    tls = ("--superlink", address, "--ca-cert", certs / "ca.crt")
+    env = dep.flower_env(tmp_path / "unused-home")  # the wrappers set FLWR_HOME under each --state
     config = RunConfig(
         name="deploy-tiny",
         seed=7,
@@ -58,50 +65,55 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
             "local_steps": 1,
             "min_clients": 2,
             "round_timeout_s": 90,
-            # the server's view of the sites' data is a placeholder: each SuperNode names its own cache
+            # the server's view of the sites' data is a placeholder: each SuperNode names its own caches
             "clients": [
                 {"name": "ct", "data": [{"cache": "/nonexistent/ct"}]},
-                {"name": "t2", "data": [{"cache": "/nonexistent/t2"}]},
+                {"name": "mix", "data": [{"cache": "/nonexistent/ct"}, {"cache": "/nonexistent/t2"}]},
             ],
         },
     )
-    dep.write_app(config, tmp_path / "app")
+    dump_toml(config, tmp_path / "fl.toml")
     processes: list[dep.Process] = []
     try:
         link = dep.start(
             "superlink",
-            dep.superlink_command(
-                ca_cert=certs.ca_cert, server_cert=certs.server_cert, server_key=certs.server_key,
-                port=port, database=tmp_path / "state.db",
-            ),
+            fedgin("deploy", "superlink", "--certs", certs, "--port", address.split(":")[1],
+                   "--state", server),
             logs, env, cwd=tmp_path,
         )  # fmt: skip
         processes.append(link)
         wait_for(lambda: "Uvicorn running on https://" in link.text(), 30, "the SuperLink")
-        for site in ("ct", "t2"):
-            keys = certs.supernode(site)
-            subprocess.run(dep.register_command(keys.public_key, site), env=env, check=True, timeout=60,
-                           capture_output=True)  # fmt: skip
-        for site, cache in (("ct", caches["ct"]), ("t2", caches["t2"]), ("rogue", caches["ct"])):
-            command = dep.supernode_command(
-                site, cache, superlink=address, ca_cert=certs.ca_cert,
-                private_key=certs.supernode(site).private_key, port=free_port(), max_retries=2,
+        assert "--enable-supernode-auth" in link.text() and "--ssl-certfile" in link.text()
+        for site in ("ct", "mix"):
+            public_key = certs / "supernodes" / f"{site}.pub"
+            subprocess.run(fedgin("deploy", "register", public_key, "--site", site, *tls, "--state", server),
+                           env=env, check=True, timeout=60, capture_output=True)  # fmt: skip
+        site_caches = {"ct": [caches["ct"]], "mix": [caches["ct"], caches["t2"]], "rogue": [caches["ct"]]}
+        for site, folders in site_caches.items():
+            command = fedgin(
+                "deploy", "supernode", "--site", site, *tls, "--key", certs / "supernodes" / f"{site}.key",
+                "--port", free_port(), "--state", tmp_path / f"site-{site}",
+                *(arg for folder in folders for arg in ("--cache", folder)),
             )  # fmt: skip
             processes.append(dep.start(f"supernode-{site}", command, logs, env, cwd=tmp_path))
-        ct, t2, rogue = processes[1:]
-        wait_for(lambda: "SuperNode ID" in ct.text() and "SuperNode ID" in t2.text(), 60, "the SuperNodes")
+        ct, mix, rogue = processes[1:]
+        wait_for(lambda: "SuperNode ID" in ct.text() and "SuperNode ID" in mix.text(), 60, "the SuperNodes")
         wait_for(lambda: not rogue.alive(), 60, "the unregistered SuperNode to be refused")
         assert "Failed to activate SuperNode" in rogue.text()
         assert "SuperNode ID" not in rogue.text()
 
-        submitted = subprocess.run(dep.run_command(tmp_path / "app"), env=env, capture_output=True,
-                                   text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+        submitted = subprocess.run(
+            fedgin("deploy", "run", "--config", tmp_path / "fl.toml", *tls, "--state", server),
+            env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        )  # fmt: skip
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-        assert json.loads(submitted.stdout)["success"]
         summary = config.output / "summary.json"
         wait_for(summary.exists, 150, f"{summary} (logs in {logs})")
         assert json.loads(summary.read_text())["rounds"] == 1
-        assert (config.output / "rounds.csv").read_text().count("\n") == 2
+        with open(config.output / "rounds.csv", newline="") as handle:
+            (row,) = list(csv.DictReader(handle))
+        # each site trained on the slices of its own caches (the t2 fixture's train split has 24 slices)
+        assert row["clients"] == "2" and int(row["examples_mix"]) == int(row["examples_ct"]) + 24
     finally:
         dep.stop_all(processes)
     for process in processes:

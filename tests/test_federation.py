@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -13,14 +18,15 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
+from rich.console import Console
 
 from fedgin.checkpoints import load_checkpoint, load_model
-from fedgin.config import ClientSpec, DataSpec, RunConfig
+from fedgin.config import ClientSpec, DataSpec, RunConfig, dump_toml
 from fedgin.errors import ConfigError
 from fedgin.federation import run_federation
 from fedgin.federation.client import client_run_config, client_spec, proximal_term, train_round
 from fedgin.federation.server import initial_state
-from fedgin.federation.simulation import check_federation
+from fedgin.federation.simulation import check_federation, federate_command
 from fedgin.federation.weights import norm_keys, screen, to_record
 from fedgin.model import build_unet
 
@@ -223,6 +229,39 @@ def test_fedavg_aggregate_and_exact_resume(
         weights(config.output / "checkpoints" / "last.pt"),
         weights(uninterrupted / "checkpoints" / "last.pt"),
     )
+    assert resumed.keys() == full.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)
+
+
+def test_server_killed_mid_round_resumes_to_the_same_weights(
+    caches: dict[str, Path], uninterrupted: Path, tmp_path: Path
+) -> None:
+    """`fedgin federate` SIGKILLed (with its Ray workers) during round 2, then `--resume`d."""
+    config = fl_config(caches, tmp_path / "killed")
+    config_path = tmp_path / "fl.toml"
+    dump_toml(config, config_path)
+    last = config.output / "checkpoints" / "last.pt"
+    with open(tmp_path / "federate.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fedgin", "federate", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the kill takes Ray's processes with it
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not last.exists() and server.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert server.returncode == -signal.SIGKILL, (tmp_path / "federate.log").read_text()
+    assert load_checkpoint(last)["round"] == 1  # killed after round 1 was saved, before round 2 was
+
+    result = federate_command(config_path, resume=True, console=Console(file=io.StringIO()))
+    assert result.rounds == 2 and [row["round"] for row in rounds_csv(config.output)] == ["1", "2"]
+    resumed, full = weights(last), weights(uninterrupted / "checkpoints" / "last.pt")
     assert resumed.keys() == full.keys()
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from fedgin.errors import ConfigError, FedginError
+from fedgin.errors import ConfigError, DataError, FedginError
 
 app = typer.Typer(
     name="fedgin",
@@ -193,6 +193,137 @@ def certs(
     console.print(f"development certificates in {made.directory} (not for production: see its README)")
     for keys in made.supernodes:
         console.print(f"  {keys.name}: {keys.private_key} / {keys.public_key}")
+
+
+deploy_app = typer.Typer(
+    help="Run a federation across sites on Flower's deployment engine (TLS + SuperNode authentication).",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+StateOption = Annotated[
+    Path,
+    typer.Option("--state", help="This machine's deployment folder (FLWR_HOME, SuperLink database, app)."),
+]
+SuperlinkOption = Annotated[str, typer.Option("--superlink", help="The SuperLink's HOST:PORT.")]
+CaCertOption = Annotated[Path | None, typer.Option("--ca-cert", help="CA certificate (certs/ca.crt).")]
+InsecureOption = Annotated[bool, typer.Option("--insecure", help="No TLS: loopback tests only.")]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the Flower command, do not run it.")]
+
+
+@deploy_app.command("superlink")
+@user_errors
+def deploy_superlink(
+    certs_dir: Annotated[
+        Path | None, typer.Option("--certs", help="Folder with ca.crt, server.crt, server.key.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTPS port (Fleet, Control and Runtime APIs).")] = 9092,
+    state: StateOption = Path("runs/fl-deploy"),
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Admit SuperNodes without a key.")] = False,
+    insecure: InsecureOption = False,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Start the SuperLink (server machine); it keeps its state in STATE/superlink.db."""
+    from fedgin.federation import deployment as dep
+    from fedgin.federation.certificates import load_certificates
+
+    tls = {} if insecure else _server_tls(load_certificates(certs_dir) if certs_dir else None)
+    command = dep.superlink_command(
+        **tls, host=host, port=port, database=state / "superlink.db", auth=not no_auth, insecure=insecure
+    )
+    dep.launch(command, dep.flower_env(state / ".flwr"), console, dry_run)
+
+
+def _server_tls(certs: Any) -> dict[str, Path]:
+    if certs is None:
+        raise ConfigError("the SuperLink needs --certs (make them with `fedgin certs`) or --insecure")
+    return {"ca_cert": certs.ca_cert, "server_cert": certs.server_cert, "server_key": certs.server_key}
+
+
+@deploy_app.command("register")
+@user_errors
+def deploy_register(
+    public_key: Annotated[Path, typer.Argument(help="The site's public key (OpenSSH, <site>.pub).")],
+    site: Annotated[str, typer.Option("--site", help="The site's name, as in [[federation.clients]].")],
+    superlink: SuperlinkOption = "127.0.0.1:9092",
+    ca_cert: CaCertOption = None,
+    state: StateOption = Path("runs/fl-deploy"),
+    insecure: InsecureOption = False,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Allow one site's SuperNode key on the SuperLink (operator)."""
+    from fedgin.federation import deployment as dep
+
+    if not public_key.is_file():
+        raise DataError(public_key, "public key not found")
+    env = dep.flower_env(state / ".flwr")
+    dep.write_flower_config(state / ".flwr", superlink, ca_cert, insecure=insecure)
+    dep.launch(dep.register_command(public_key, site), env, console, dry_run)
+
+
+@deploy_app.command("supernode")
+@user_errors
+def deploy_supernode(
+    site: Annotated[str, typer.Option("--site", help="This site's name, as in [[federation.clients]].")],
+    cache: Annotated[
+        list[Path] | None,
+        typer.Option(help="The site's cache; repeat for one cache per data entry of the site, in order."),
+    ] = None,
+    superlink: SuperlinkOption = "127.0.0.1:9092",
+    ca_cert: CaCertOption = None,
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="The site's private key (<site>.key), registered by the operator."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="The SuperNode's local Runtime API port (127.0.0.1).")] = 9094,
+    state: StateOption = Path("runs/fl-deploy"),
+    insecure: InsecureOption = False,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Start one site's SuperNode (site machine); its cache paths stay in its node config."""
+    from fedgin.cache import Cache
+    from fedgin.federation import deployment as dep
+
+    for folder in cache or []:
+        Cache(folder)  # a clear error now rather than in the first round
+    if key is not None and not key.is_file():
+        raise DataError(key, "private key not found")
+    command = dep.supernode_command(
+        site, cache or None, superlink=superlink, ca_cert=ca_cert, private_key=key, port=port,
+        insecure=insecure,
+    )  # fmt: skip
+    dep.launch(command, dep.flower_env(state / ".flwr"), console, dry_run)
+
+
+@deploy_app.command("run")
+@user_errors
+def deploy_run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run TOML with [[federation.clients]].")],
+    superlink: SuperlinkOption = "127.0.0.1:9092",
+    ca_cert: CaCertOption = None,
+    state: StateOption = Path("runs/fl-deploy"),
+    resume: Annotated[bool, typer.Option(help="Continue from the last completed round.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Run directory (overrides `output`).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Override federation.rounds.")] = None,
+    insecure: InsecureOption = False,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Write the Flower app for CONFIG to STATE/app and submit it to the SuperLink (operator)."""
+    from fedgin.config import RunConfig, load_toml
+    from fedgin.federation import deployment as dep
+    from fedgin.federation.simulation import check_federation
+
+    run_config = load_toml(config, RunConfig)
+    if output is not None:
+        run_config.output = output
+    if rounds is not None:
+        run_config.federation.rounds = rounds
+    check_federation(run_config)
+    env = dep.flower_env(state / ".flwr")
+    dep.write_flower_config(state / ".flwr", superlink, ca_cert, insecure=insecure)
+    dep.write_app(run_config, state / "app", resume=resume, overwrite=overwrite)
+    dep.launch(dep.run_command(state / "app", stream=True), env, console, dry_run)
 
 
 @app.command()

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedgin.errors import DataError
+
 #: Written at the top of the output folder so nobody mistakes these files for production material.
 WARNING = (
     "DEVELOPMENT ONLY: these certificates and keys were made by `fedgin` for testing on loopback.\n"
@@ -200,3 +202,23 @@ def make_dev_certificates(
 
 
 __all__ = ["WARNING", "DevCertificates", "SupernodeKeys", "make_dev_certificates", "make_supernode_keys"]
+
+
+def load_certificates(directory: str | Path) -> DevCertificates:
+    """The files of a certificate folder (as `make_dev_certificates` lays it out), checked to exist."""
+    directory = Path(directory)
+    for name in ("ca.crt", "server.crt", "server.key"):
+        if not (directory / name).is_file():
+            raise DataError(directory / name, "missing (make development certificates with `fedgin certs`)")
+    supernodes = [
+        SupernodeKeys(key.stem, key, key.with_suffix(".pub"))
+        for key in sorted((directory / "supernodes").glob("*.key"))
+    ]
+    return DevCertificates(
+        directory,
+        ca_cert=directory / "ca.crt",
+        ca_key=directory / "ca.key",
+        server_cert=directory / "server.crt",
+        server_key=directory / "server.key",
+        supernodes=supernodes,
+    )

@@ -115,7 +115,7 @@ def superlink_command(
 
 def supernode_command(
     site: str,
-    cache: str | Path | None,
+    cache: str | Path | list[str | Path] | None,
     *,
     superlink: str = f"127.0.0.1:{SUPERLINK_PORT}",
     ca_cert: str | Path | None = None,
@@ -127,12 +127,15 @@ def supernode_command(
 ) -> list[str]:
     """`flower-supernode` for one site: its name and local cache go in the node config, never on the wire.
 
-    `cache` replaces the cache folder of every data entry of that site in `federation.clients` (None keeps
-    the paths of the run config, e.g. when all sites share one file system).
+    `cache` replaces the cache folder of every data entry of that site in `federation.clients`; a list
+    gives one folder per data entry, in order (None keeps the paths of the run config, e.g. when all
+    sites share one file system).
     """
     node_config = f"client-name={_toml_str(site)}"
     if cache is not None:
-        node_config += f" cache={_toml_str(str(Path(cache).resolve()))}"
+        folders = [cache] if isinstance(cache, str | Path) else list(cache)
+        joined = os.pathsep.join(str(Path(folder).resolve()) for folder in folders)
+        node_config += f" cache={_toml_str(joined)}"
     command = [_exe("flower-supernode")]
     if insecure:
         command.append("--insecure")
@@ -253,17 +256,38 @@ def write_app(
     return path
 
 
+def launch(command: list[str], env: dict[str, str], console: Console, dry_run: bool = False) -> None:
+    """Print a Flower command and replace this process with it (so its pid and Ctrl-C are Flower's)."""
+    console.print(format_command(command), highlight=False, soft_wrap=True)
+    if dry_run:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(command[0], command, env)
+
+
 # -- the apps ---------------------------------------------------------------------------------------------
 def site_config(config: RunConfig, node_config: dict) -> RunConfig:
-    """The run config with this site's data read from its own cache (`cache` in the node config)."""
+    """The run config with this site's data read from its own caches (`cache` in the node config).
+
+    `cache` is one folder (it replaces the cache of every data entry of the site) or one folder per
+    data entry, in the order of the run config, separated by the OS path separator (`:` on Linux).
+    """
     if "cache" not in node_config:
         return config
     spec = client_spec(config, node_config)
-    cache = Path(str(node_config["cache"]))
+    caches = [Path(part) for part in str(node_config["cache"]).split(os.pathsep) if part]
+    if len(caches) == 1:
+        caches *= len(spec.data)
+    if len(caches) != len(spec.data):
+        raise ConfigError(
+            f"site {spec.name!r}: the node config names {len(caches)} caches but the run config gives the "
+            f"site {len(spec.data)} data entries (one cache for all, or one per entry separated by "
+            f"{os.pathsep!r})"
+        )
+    data = [entry.model_copy(update={"cache": cache}) for entry, cache in zip(spec.data, caches, strict=True)]
     clients = [
-        client.model_copy(update={"data": [data.model_copy(update={"cache": cache}) for data in client.data]})
-        if client.name == spec.name
-        else client
+        client.model_copy(update={"data": data}) if client.name == spec.name else client
         for client in config.federation.clients
     ]
     return config.model_copy(update={"federation": config.federation.model_copy(update={"clients": clients})})
@@ -409,6 +433,7 @@ __all__ = [
     "descendants",
     "flower_env",
     "format_command",
+    "launch",
     "register_command",
     "run_command",
     "server_app",

@@ -229,12 +229,13 @@ class FederationServer:
         row["bytes_up"] = sum(r.bytes_up for r in reports)
         row["seconds"] = round(time.perf_counter() - started, 3)
         self.history.append(row)
+        if score > self.best_score:
+            self.best_score, self.best_round = score, server_round
+            self.save("best.pt")
+        # last.pt is the commit point of a round: a server killed before it repeats the round on resume.
+        self.save("last.pt")
         write_history(self.run_dir / "rounds.csv", self.history)
         plot_learning_curve(
             self.run_dir / "rounds.csv", self.run_dir / "learning_curve.png", "round", self.config.name
         )
-        if score > self.best_score:
-            self.best_score, self.best_round = score, server_round
-            self.save("best.pt")
-        self.save("last.pt")
         return row
