@@ -429,11 +429,138 @@ def demo(
     ] = Path("runs/demo"),
     subjects: Annotated[int, typer.Option(help="Synthetic subjects per training data set.")] = 30,
     workers: Annotated[int, typer.Option(help="Worker processes for preparation.")] = 2,
+    study: Annotated[
+        bool, typer.Option(help="Run the quick complete-scenario study on the prepared data.")
+    ] = True,
 ) -> None:
-    """Run the main job on the embedded synthetic data set (generate, prepare, inspect)."""
-    from fedgin.demo import run_demo
+    """The main job on the embedded data: generate, prepare, then the quick FedGIN study and its report."""
+    from fedgin.demo import run_demo, run_demo_study
 
     run_demo(out, subjects=subjects, workers=workers, console=console)
+    if study:
+        run_demo_study(out, console=console)
+
+
+@app.command("study")
+@user_errors
+def study_command(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Study TOML (see the presets).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="A shipped preset instead of --config: quick, full-synthetic or paper.")
+    ] = None,
+    scenario: Annotated[str, typer.Option(help="With --preset: complete or limited.")] = "complete",
+    output: Annotated[Path | None, typer.Option(help="Study folder (overrides `output`).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (overrides `seeds`).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a study: finished runs are kept.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing study folder first.")] = False,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Rewrite report.md from the finished runs.")
+    ] = False,
+) -> None:
+    """Run every method of the FedGIN study for each seed (and MRI:CT ratio), then write report.md."""
+    from fedgin.study import load_study, plan_study, preset_path, run_study
+    from fedgin.study.report import write_report
+
+    if (config is None) == (preset is None):
+        raise ConfigError("give either --config STUDY.toml or --preset NAME")
+    path = config if config is not None else preset_path(str(preset), scenario)
+    settings = load_study(path)
+    if output is not None:
+        settings.output = output
+    if seeds is not None:
+        settings.seeds = [int(seed) for seed in seeds.split(",") if seed.strip()]
+    if report_only:
+        console.print(f"report: {write_report(settings, plan_study(settings))}")
+        return
+    run_study(settings, resume=resume, overwrite=overwrite, console=console)
+
+
+@app.command()
+@user_errors
+def predict(
+    input_path: Annotated[
+        Path,
+        typer.Option("--input", "-i", help="A NIfTI file, a folder of NIfTI files or a DICOM series folder."),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "--out", "-o", help="Label file (*.nii.gz) for one input, else a folder for all."
+        ),
+    ],
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="A `fedgin export` model file or a training checkpoint.")
+    ],
+    modality: Annotated[
+        str, typer.Option(help="ct, mri or auto (DICOM Modality tag, else the Hounsfield range).")
+    ] = "auto",
+    series: Annotated[
+        str | None, typer.Option(help="SeriesInstanceUID to read from a folder with several DICOM series.")
+    ] = None,
+    preview: Annotated[bool, typer.Option(help="Also save a PNG of a few slices with the outlines.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace output files that exist.")] = False,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")] = "auto",
+    amp: Annotated[
+        bool | None, typer.Option("--amp/--no-amp", help="Mixed precision; default: on for CUDA.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 32,
+) -> None:
+    """Segment new scans: label NIfTI in each input's own geometry, organ volumes (mL) as table and CSV."""
+    from fedgin.prediction import run_prediction, volumes_table
+
+    report = run_prediction(
+        input_path,
+        output,
+        model,
+        modality=modality,
+        series=series,
+        preview=preview,
+        overwrite=overwrite,
+        device=device,
+        amp=amp,
+        batch_size=batch_size,
+        console=console,
+    )
+    console.print(volumes_table(report))
+    labels = [str(case.outputs.label) for case in report.cases]
+    shown = (
+        labels[0]
+        if len(labels) == 1
+        else f"{len(labels)} label files in {report.cases[0].outputs.label.parent}"
+    )
+    console.print(
+        f"wrote {shown} (label names in the .json beside each), volumes in {report.volumes_csv}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[
+        Path,
+        typer.Option("--checkpoint", "-c", help="A training checkpoint, e.g. runs/x/checkpoints/best.pt."),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "--out", "-o", help="Model file to write, e.g. model.fedgin.pt.")
+    ],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model file.")] = False,
+) -> None:
+    """Write one model file (weights, architecture, preprocessing, label names) for `fedgin predict`."""
+    from rich.markup import escape
+
+    from fedgin.prediction import export_model
+
+    model = export_model(checkpoint, output, overwrite=overwrite)
+    for note in model.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    size_mb = output.stat().st_size / 1e6
+    console.print(f"wrote {output} ({size_mb:.1f} MB) from {model.describe()}; preprocessing from "
+                  f"{model.preprocess_source}", highlight=False, soft_wrap=True, markup=False)  # fmt: skip
 
 
 def load_preprocess_config(path: Path | None) -> Any:

@@ -1,0 +1,153 @@
+"""Running a study: prepare its sources, train and test every planned run, resume what is unfinished."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from fedgin.config import dump_toml, read_toml
+from fedgin.errors import ConfigError
+from fedgin.io_utils import atomic_write_json
+from fedgin.study.config import METHODS, StudyConfig
+from fedgin.study.plan import PlannedRun, plan_study, unique_runs
+
+#: Written into a run's folder once it is trained and tested; a run without it is (re)done on resume.
+DONE_FILE = "done.json"
+TEST_DIR = "test"
+
+
+@dataclass
+class StudyResult:
+    output: Path
+    runs: list[PlannedRun]
+    report: Path
+    seconds: float
+
+
+def prepare_sources(config: StudyConfig, console: Console) -> None:
+    """Prepare the study's source data sets into caches (cases already cached are skipped)."""
+    from fedgin.prepare import prepare
+
+    for spec in config.prepare:
+        report = prepare(spec.source, spec.root, spec.cache, config.preprocess, split_override=spec.split)
+        if report.failed:
+            raise ConfigError(
+                f"{spec.root}: {len(report.failed)} cases failed to prepare:\n" + "\n".join(report.failed)
+            )
+        console.print(f"{spec.cache}: {len(report.prepared)} prepared, {len(report.skipped)} unchanged")
+
+
+def _check_output(config: StudyConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two different studies in one folder; --resume only continues the same study."""
+    recorded = config.output / "study.toml"
+    if overwrite:
+        shutil.rmtree(config.output, ignore_errors=True)
+        return
+    if not recorded.is_file():
+        if config.output.is_dir() and any(config.output.iterdir()) and not resume:
+            raise ConfigError(f"{config.output}: folder is not empty; pass --overwrite to replace it")
+        return
+    if not resume:
+        raise ConfigError(
+            f"{config.output}: a study is already here; pass --resume to continue it or --overwrite"
+        )
+    before = read_toml(recorded)
+    now = config.model_dump(mode="json", exclude_none=True)
+    if before != now:
+        changed = sorted(key for key in {*before, *now} if before.get(key) != now.get(key))
+        raise ConfigError(
+            f"{recorded}: the study here was run with other settings ({', '.join(changed)} differ); "
+            "use another output folder or --overwrite"
+        )
+
+
+def train_and_test(run: PlannedRun, config: StudyConfig, log: Console) -> dict:
+    """Train one run (continuing a partial one), evaluate its best model on the test caches, mark it done."""
+    from fedgin.evaluation.evaluate import evaluate_checkpoint
+    from fedgin.federation import run_federation
+    from fedgin.training.trainer import run_training
+
+    run_dir = run.run_dir
+    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    started = time.perf_counter()
+    if METHODS[run.method].federated:
+        result = run_federation(run.config, resume=resume, overwrite=not resume, console=log)
+        best_score, best_at = result.best_score, result.best_round
+    else:
+        trained = run_training(run.config, resume=resume, overwrite=not resume, console=log)
+        best_score, best_at = trained.best_score, trained.best_step
+    train_seconds = time.perf_counter() - started
+    test = config.test
+    split = (test[0].splits or ["test"])[0]
+    evaluate_checkpoint(
+        run_dir / "checkpoints" / "best.pt",
+        [spec.cache for spec in test],
+        run_dir / TEST_DIR,
+        split=split,
+        device=run.config.train.device,
+        progress=False,
+        method=run.label,
+    )
+    done = {
+        "method": run.method,
+        "site": run.site,
+        "seed": run.seed,
+        "point": run.point,
+        "budget_steps": run.budget_steps,
+        "best_val_score": best_score,
+        "best_at": best_at,
+        "train_seconds": round(train_seconds, 2),
+        "test_seconds": round(time.perf_counter() - started - train_seconds, 2),
+    }
+    atomic_write_json(run_dir / DONE_FILE, done)
+    return done
+
+
+def run_study(
+    config: StudyConfig, resume: bool = False, overwrite: bool = False, console: Console | None = None
+) -> StudyResult:
+    """Run (or continue) every run of the study, then write report.md and its figures."""
+    from fedgin.study.report import write_report
+
+    console = console or Console()
+    started = time.perf_counter()
+    _check_output(config, resume, overwrite)
+    config.output.mkdir(parents=True, exist_ok=True)
+    dump_toml(config, config.output / "study.toml")
+    prepare_sources(config, console)
+    runs = plan_study(config)
+    todo = unique_runs(runs)
+    budget = ", ".join(map(str, sorted({run.budget_steps for run in runs if run.site is None})))
+    local = config.federation.rounds * (config.federation.local_steps or 0)
+    console.print(
+        f"[bold]{config.name}[/]: {config.scenario} scenario, {len(config.seeds)} seeds, "
+        f"{len(config.methods)} methods, {len(todo)} runs to train; step budget {budget} per model "
+        f"(local models {local})"
+    )
+    for index, run in enumerate(todo, 1):
+        where = f"[{index}/{len(todo)}] seed {run.seed}" + (
+            f", {run.point}" if run.point != "complete" else ""
+        )
+        if (run.run_dir / DONE_FILE).is_file():
+            console.print(f"{where}: {run.label} done before ({run.run_dir})")
+            continue
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run.run_dir.parent / f"{run.run_dir.name}.log", "a", encoding="utf-8") as handle:
+            log = Console(file=handle, width=120, force_terminal=False)
+            console.print(f"{where}: {run.label} ...", end=" ")
+            done = train_and_test(run, config, log)
+        console.print(
+            f"best val {done['best_val_score']:.3f}, {done['train_seconds']:.0f} s train + "
+            f"{done['test_seconds']:.0f} s test"
+        )
+    report = write_report(config, runs)
+    seconds = time.perf_counter() - started
+    console.print(f"study {config.output} in {seconds / 60:.1f} min; report: {report}")
+    return StudyResult(config.output, runs, report, seconds)
+
+
+__all__ = ["DONE_FILE", "TEST_DIR", "StudyResult", "run_study", "train_and_test"]

@@ -1,0 +1,135 @@
+"""The study: its plan (scenarios, budgets), a miniature study end to end, its report against the runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from fedgin.errors import ConfigError
+from fedgin.study import PRESETS, StudyConfig, load_study, plan_study, preset_path, run_study
+from fedgin.study.plan import unique_runs
+
+
+def study_config(caches: dict[str, Path], output: Path, **overrides: object) -> StudyConfig:
+    settings: dict = {
+        "name": "mini",
+        "output": output,
+        "seeds": [7],
+        "methods": ["fedgin", "centralized_gin"],
+        "sites": [
+            {"name": "site_ct", "ct": [{"cache": caches["ct"]}]},
+            {"name": "site_mri", "mri": [{"cache": caches["t2"]}]},
+        ],
+        "val": [{"cache": caches["ct"]}, {"cache": caches["t2"]}],
+        "test": [{"cache": caches["ct"], "splits": ["test"]}, {"cache": caches["t2"], "splits": ["test"]}],
+        "model": {"channels": (4, 8), "strides": (2,), "num_res_units": 1},
+        "train": {"batch_size": 4, "device": "cpu"},
+        "federation": {"rounds": 2, "local_steps": 2, "round_timeout_s": 120},
+        "overlay_cases": 1,
+    }
+    settings.update(overrides)
+    return StudyConfig.model_validate(settings)
+
+
+def test_presets_load_and_plan_the_same_budget_for_every_method() -> None:
+    for preset in PRESETS:
+        for scenario in ("complete", "limited"):
+            config = load_study(preset_path(preset, scenario))
+            assert config.scenario == scenario and config.federation.local_steps
+    config = load_study(preset_path("paper", "complete"))
+    assert config.preprocess.size == 256 and config.federation.rounds == 100
+    assert config.seeds == [42, 123, 215] and config.train.loss == "focal_dice"
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_path("huge", "complete")
+
+
+def test_limited_scenario_adds_ct_by_case_ratio(caches: dict[str, Path], tmp_path: Path) -> None:
+    config = study_config(
+        caches, tmp_path / "limited", scenario="limited", methods=["local", "fl_no_gin", "ct_only"],
+        ratios=["1:0", "1:1", "1:2", "all"], limited_mri_cases=1,
+    )  # fmt: skip
+    runs = plan_study(config)
+    federated = {run.point: run for run in runs if run.method == "fl_no_gin"}
+    assert {point: (run.n_mri_cases, run.n_ct_cases) for point, run in federated.items()} == {
+        "1:0": (1, 0), "1:1": (1, 1), "1:2": (1, 2), "all": (1, 2),
+    }  # fmt: skip
+    # Same budget for every model of a scenario point: rounds x local steps x participating sites.
+    assert federated["1:0"].budget_steps == 2 * 2 * 1 and federated["1:1"].budget_steps == 2 * 2 * 2
+    assert len(federated["1:0"].config.federation.clients) == 1  # the CT site holds nothing at 1:0
+    ct_only = {run.point: run for run in runs if run.method == "ct_only"}
+    assert "1:0" not in ct_only and ct_only["1:1"].config.train.steps == federated["1:1"].budget_steps
+    # The MRI site's local model is the same at every ratio: trained once.
+    local_mri = [run for run in runs if run.method == "local" and run.site == "site_mri"]
+    assert len(local_mri) == 4 and len({run.identity for run in local_mri}) == 1
+    # ... and so is every run of 1:2 and all (the fixture's CT has 2 training cases): 3 + 3 duplicates.
+    assert len(runs) == 14 and len(unique_runs(runs)) == 8
+    with pytest.raises(ConfigError, match="limited_mri_cases"):
+        plan_study(study_config(caches, tmp_path / "x", scenario="limited", limited_mri_cases=9))
+
+
+def per_case_means(per_case: Path) -> dict[str, float]:
+    """Test modality -> mean over patients of each patient's mean Dice over organs, from per_case.csv."""
+    by_case: dict[tuple[str, str], list[float]] = {}
+    with open(per_case, newline="") as handle:
+        for row in csv.DictReader(handle):
+            by_case.setdefault((row["modality"], row["case_id"]), []).append(float(row["dice"]))
+    modalities = {modality for modality, _ in by_case}
+    return {
+        modality.upper(): statistics.fmean(
+            statistics.fmean(values) for (m, _), values in by_case.items() if m == modality
+        )
+        for modality in modalities
+    }
+
+
+def test_miniature_study_report_matches_the_runs(caches: dict[str, Path], tmp_path: Path) -> None:
+    config = study_config(caches, tmp_path / "study")
+    result = run_study(config, console=Console(file=io.StringIO()))
+    out = config.output
+    report = (out / "report.md").read_text()
+    for figure in ("dice_per_organ.png", "learning_curves.png", "overlays.png"):
+        assert (out / "figures" / figure).stat().st_size > 5000, figure
+    assert (out / "study.toml").is_file() and len(result.runs) == 2
+
+    with open(out / "results.csv", newline="") as handle:
+        results = list(csv.DictReader(handle))
+    for run in result.runs:
+        expected = per_case_means(run.run_dir / "test" / "per_case.csv")
+        assert set(expected) == {"CT", "MRI"}
+        for test, value in expected.items():
+            (row,) = [
+                r for r in results if r["label"] == run.label and r["test"] == test and r["organ"] == "mean"
+            ]
+            assert math.isclose(float(row["dice"]), value, abs_tol=1e-6)
+        # The main table's row: one seed, so the cell is the run's value itself.
+        dice_table = report.split("## Dice, mean over organs")[1]
+        line = next(line for line in dice_table.splitlines() if line.startswith(f"| {run.label} |"))
+        assert (
+            line == f"| {run.label} | {expected['CT']:.3f} | {expected['MRI']:.3f} | {expected['MRI']:.3f} |"
+        )
+    assert "| FedGIN vs Centralized GIN | CT | close (about equal) |" in report
+    assert (
+        "720" not in report
+        and "| FedGIN | FedAvg over the sites, GIN on every batch | yes | 8 | 2 | 2 |" in report
+    )
+
+    # Interrupted part-way: the unfinished run is trained again, the finished one is kept.
+    fedgin_run, central_run = result.runs
+    kept = (fedgin_run.run_dir / "checkpoints" / "best.pt").stat().st_mtime_ns
+    (central_run.run_dir / "done.json").unlink()
+    with pytest.raises(ConfigError, match="--resume"):
+        run_study(config, console=Console(file=io.StringIO()))
+    log = io.StringIO()
+    again = run_study(config, resume=True, console=Console(file=log, width=200))
+    assert "FedGIN done before" in log.getvalue() and "Centralized GIN ..." in log.getvalue()
+    assert (fedgin_run.run_dir / "checkpoints" / "best.pt").stat().st_mtime_ns == kept
+    assert (central_run.run_dir / "done.json").is_file() and again.report.read_text() == report
+    changed = config.model_copy(update={"seeds": [8]})
+    with pytest.raises(ConfigError, match="seeds differ"):
+        run_study(changed, resume=True, console=Console(file=io.StringIO()))
