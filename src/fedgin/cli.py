@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedgin.errors import ConfigError, DataError, FedginError
 
@@ -34,7 +35,8 @@ def user_errors(command: CommandT) -> CommandT:
         try:
             return command(*args, **kwargs)
         except FedginError as error:
-            error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            # escape(): messages quote TOML tables like [preprocess], which rich would take for markup
+            error_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             error_console.print("interrupted: finished work is kept; run the same command again to resume")
