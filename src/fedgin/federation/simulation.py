@@ -39,6 +39,7 @@ def flower_environment(run_dir: Path) -> dict[str, str]:
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_HOME": str((run_dir / ".flwr").resolve()),
         "RAY_DEDUP_LOGS": "0",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # Ray's FutureWarning about GPU env vars
     }
     os.environ.update(env)
     Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,9 @@ def run_federation(
     started = time.perf_counter()
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level
-    flwr_logger.setLevel(logging.WARNING)
+    # Flower's own notices (run_simulation's deprecation, skipped federated evaluation) are not the user's
+    # concern; fedgin reports left-out clients and failed rounds itself.
+    flwr_logger.setLevel(logging.ERROR)
     try:
         if server.round < federation.rounds:
             run_simulation(

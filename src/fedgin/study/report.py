@@ -191,8 +191,10 @@ def plot_dice_per_organ(
         ax.set_title(f"test: {test}")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("Dice (mean over patients; ± std over seeds)")
-    axes[0][-1].legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=min(len(labels), 5))
+    rows_of_legend = math.ceil(len(labels) / 5)
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
     return _save(fig, out)
 
 
