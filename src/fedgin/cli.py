@@ -312,16 +312,10 @@ def deploy_run(
     dry_run: DryRunOption = False,
 ) -> None:
     """Write the Flower app for CONFIG to STATE/app and submit it to the SuperLink (operator)."""
-    from fedgin.config import RunConfig, load_toml
     from fedgin.federation import deployment as dep
-    from fedgin.federation.simulation import check_federation
+    from fedgin.federation.simulation import load_federation_config
 
-    run_config = load_toml(config, RunConfig)
-    if output is not None:
-        run_config.output = output
-    if rounds is not None:
-        run_config.federation.rounds = rounds
-    check_federation(run_config)
+    run_config = load_federation_config(config, output, rounds)
     env = dep.flower_env(state / ".flwr")
     dep.write_flower_config(state / ".flwr", superlink, ca_cert, insecure=insecure)
     dep.write_app(run_config, state / "app", resume=resume, overwrite=overwrite)

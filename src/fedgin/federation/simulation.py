@@ -132,6 +132,19 @@ def _stop_ray() -> None:
         ray.shutdown()
 
 
+def load_federation_config(path: Path, output: Path | None = None, rounds: int | None = None) -> RunConfig:
+    """A federation's run config from TOML with the command line's overrides, checked to be runnable."""
+    from fedgin.config import load_toml
+
+    config = load_toml(path, RunConfig)
+    if output is not None:
+        config.output = output
+    if rounds is not None:
+        config.federation.rounds = rounds
+    check_federation(config)
+    return config
+
+
 def federate_command(
     config_path: Path,
     resume: bool = False,
@@ -141,13 +154,7 @@ def federate_command(
     console: Console | None = None,
 ) -> FederationResult:
     """What `fedgin federate --config fl.toml [--resume] [--overwrite]` runs."""
-    from fedgin.config import load_toml
-
-    config = load_toml(config_path, RunConfig)
-    if output is not None:
-        config.output = output
-    if rounds is not None:
-        config.federation.rounds = rounds
+    config = load_federation_config(config_path, output, rounds)
     console = console or Console()
     result = run_federation(config, resume=resume, overwrite=overwrite, console=console)
     console.print(
