@@ -138,7 +138,7 @@ def test_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str)
 
 def test_demo_generates_and_prepares_every_modality(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = invoke("demo", "--out", out, "--subjects", 2, "--workers", 1)
+    result = invoke("demo", "--out", out, "--subjects", 2, "--workers", 1, "--no-study")
     assert result.exit_code == 0, result.output
     domains = {
         name: {row["domain"] for row in index_rows(out / "cache" / name)}

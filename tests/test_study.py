@@ -92,7 +92,7 @@ def test_miniature_study_report_matches_the_runs(caches: dict[str, Path], tmp_pa
     config = study_config(caches, tmp_path / "study")
     result = run_study(config, console=Console(file=io.StringIO()))
     out = config.output
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     for figure in ("dice_per_organ.png", "learning_curves.png", "overlays.png"):
         assert (out / "figures" / figure).stat().st_size > 5000, figure
     assert (out / "study.toml").is_file() and len(result.runs) == 2
@@ -129,7 +129,8 @@ def test_miniature_study_report_matches_the_runs(caches: dict[str, Path], tmp_pa
     again = run_study(config, resume=True, console=Console(file=log, width=200))
     assert "FedGIN done before" in log.getvalue() and "Centralized GIN ..." in log.getvalue()
     assert (fedgin_run.run_dir / "checkpoints" / "best.pt").stat().st_mtime_ns == kept
-    assert (central_run.run_dir / "done.json").is_file() and again.report.read_text() == report
+    assert (central_run.run_dir / "done.json").is_file()
+    assert again.report.read_text(encoding="utf-8") == report
     changed = config.model_copy(update={"seeds": [8]})
     with pytest.raises(ConfigError, match="seeds differ"):
         run_study(changed, resume=True, console=Console(file=io.StringIO()))
