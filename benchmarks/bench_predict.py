@@ -44,6 +44,56 @@ def write_model(folder: Path) -> Path:
     return export_model(checkpoint, folder / "random.fedgin.pt").path
 
 
+def measure(
+    shape: tuple[int, int, int] = (256, 256, 100),
+    spacing: tuple[float, float, float] = (1.5, 1.5, 3.0),
+    repeats: int = 5,
+    device: str = "auto",
+) -> dict:
+    """Median seconds per volume end to end (`run_prediction`) and of the in-memory part alone."""
+    resolved = resolve_device(device)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        scan = write_volume(folder, shape, spacing)
+        started = time.perf_counter()
+        model = load_prediction_model(write_model(folder), resolved)  # loaded once, as for a folder of files
+        load_s = time.perf_counter() - started
+        image = nib.load(scan)
+        image = nib.Nifti1Image(image.get_fdata(dtype="float32"), image.affine)
+        totals, inference = [], []
+        for index in range(repeats + 1):  # the first run warms up allocators and kernels
+            sync(resolved)
+            started = time.perf_counter()
+            run_prediction(scan, folder / "out", model, device=resolved, overwrite=True, progress=False)
+            sync(resolved)
+            total = time.perf_counter() - started
+            started = time.perf_counter()
+            predict_label(model, image, "ct", resolved, amp=resolved.type == "cuda")
+            sync(resolved)
+            if index > 0:
+                totals.append(total)
+                inference.append(time.perf_counter() - started)
+        preprocess = model.preprocess
+        parameters = count_parameters(model.network)
+    total, core = statistics.median(totals), statistics.median(inference)
+    return {
+        "shape": list(shape),
+        "spacing": list(spacing),
+        "model_parameters": parameters,
+        "preprocess": f"{preprocess.spacing_mm} mm, {preprocess.size} x {preprocess.size}",
+        "model_load_s": round(load_s, 3),
+        "repeats": repeats,
+        "seconds_per_volume": round(total, 3),
+        "fastest": round(min(totals), 3),
+        "in_memory_s": round(core, 3),
+        "read_write_s": round(total - core, 3),
+        "all_seconds": [round(t, 3) for t in totals],
+        "load_before": load_before,
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shape", type=int, nargs=3, default=[256, 256, 100])
@@ -57,41 +107,23 @@ def main() -> None:
         if device.type == "cuda"
         else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
     )
-    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    r = measure(tuple(args.shape), tuple(args.spacing), args.repeats, args.device)
+    load = " ".join(f"{v:.1f}" for v in r["load_before"])
     print(f"device: {name}; torch {torch.__version__}; load average before: {load}")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        scan = write_volume(folder, tuple(args.shape), tuple(args.spacing))
-        started = time.perf_counter()
-        model = load_prediction_model(write_model(folder), device)  # loaded once, as for a folder of files
-        load_s = time.perf_counter() - started
-        preprocess = model.preprocess
-        print(
-            f"volume {'x'.join(map(str, args.shape))} at {'x'.join(map(str, args.spacing))} mm; "
-            f"model {ModelConfig().channels} ({count_parameters(model.network) / 1e6:.2f} M parameters), "
-            f"preprocessing {preprocess.spacing_mm} mm, {preprocess.size} x {preprocess.size}; "
-            f"model file load {load_s:.2f} s"
-        )
-        image = nib.load(scan)
-        image = nib.Nifti1Image(image.get_fdata(dtype="float32"), image.affine)
-        totals, inference = [], []
-        for index in range(args.repeats + 1):  # the first run warms up allocators and kernels
-            sync(device)
-            started = time.perf_counter()
-            run_prediction(scan, folder / "out", model, device=device, overwrite=True, progress=False)
-            sync(device)
-            total = time.perf_counter() - started
-            started = time.perf_counter()
-            predict_label(model, image, "ct", device, amp=device.type == "cuda")
-            sync(device)
-            if index > 0:
-                totals.append(total)
-                inference.append(time.perf_counter() - started)
-    total, core = statistics.median(totals), statistics.median(inference)
-    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(
+        f"volume {'x'.join(map(str, args.shape))} at {'x'.join(map(str, args.spacing))} mm; "
+        f"model {ModelConfig().channels} ({r['model_parameters'] / 1e6:.2f} M parameters), "
+        f"preprocessing {r['preprocess']}; model file load {r['model_load_s']:.2f} s"
+    )
     print(f"{'runs':>5} {'s/volume':>9} {'fastest':>8} {'preprocess+net+restore':>23} {'read+write':>11}")
-    print(f"{args.repeats:>5} {total:>9.2f} {min(totals):>8.2f} {core:>23.2f} {total - core:>11.2f}")
-    print(f"all runs (s/volume): {', '.join(f'{t:.2f}' for t in totals)}; load average after: {load}")
+    print(
+        f"{args.repeats:>5} {r['seconds_per_volume']:>9.2f} {r['fastest']:>8.2f} {r['in_memory_s']:>23.2f} "
+        f"{r['read_write_s']:>11.2f}"
+    )
+    load = " ".join(f"{v:.1f}" for v in r["load_after"])
+    print(
+        f"all runs (s/volume): {', '.join(f'{t:.2f}' for t in r['all_seconds'])}; load average after: {load}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,18 +1,29 @@
-"""Time of one training step (2D U-Net, batch 8) and GIN's share of it; prints medians of repeated runs."""
+"""One training step of the default U-Net and what GIN adds to it, beside MONAI's intensity augmentations.
+
+Per repetition, on the same batch: GIN with per-sample networks (the default), GIN with one network for the
+batch (`gin.shared_network`), MONAI's RandHistogramShift and RandBiasField (per sample, as a data pipeline
+applies them), then the optimizer step itself (forward, Dice + CE loss, backward, AdamW). Each augmentation's
+share is its time over (its time + the step's): what it adds to a step of training. Medians of the
+repetitions; all figures of a configuration come from the same run, side by side.
+"""
 
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import time
+from collections.abc import Callable
 
 import torch
+from monai.transforms import RandBiasField, RandHistogramShift
 
+from common import load_average, machine_info, median
 from fedgin.augment import RandGIN
 from fedgin.config import ModelConfig
 from fedgin.evaluation.inference import autocast_context
 from fedgin.model import build_loss, build_unet, count_parameters, resolve_device
+
+#: The augmentations compared, in the order they run in each repetition.
+AUGMENTATIONS = ("gin", "gin_shared", "hist_shift", "bias_field")
 
 
 def sync(device: torch.device) -> None:
@@ -20,66 +31,134 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(size: int, batch: int, repeats: int, device: torch.device, shared: bool) -> dict[str, float]:
+def augmenters(seed: int = 0) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    gin, shared = RandGIN(), RandGIN(shared_network=True)
+    generator = torch.Generator().manual_seed(seed)
+    hist = RandHistogramShift(num_control_points=10, prob=1.0)
+    bias = RandBiasField(degree=3, coeff_range=(0.0, 0.1), prob=1.0)
+    hist.set_random_state(seed)
+    bias.set_random_state(seed)
+
+    def per_sample(transform: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda batch: torch.stack([torch.as_tensor(transform(sample)) for sample in batch])
+
+    return {
+        "gin": lambda batch: gin(batch, generator=generator),
+        "gin_shared": lambda batch: shared(batch, generator=generator),
+        "hist_shift": per_sample(hist),
+        "bias_field": per_sample(bias),
+    }
+
+
+def measure(
+    dimensions: int, size: int, batch: int, repeats: int, device: torch.device, warmup: int = 2
+) -> dict[str, float]:
+    """Median ms of the step and of each augmentation, and each augmentation's share of a step."""
     torch.manual_seed(0)
-    model = build_unet(ModelConfig()).to(device)
+    config = ModelConfig(dimensions=dimensions)
+    model = build_unet(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
     loss_fn = build_loss("dice_ce")
-    gin = RandGIN(shared_network=shared)
+    augment = augmenters()
     amp = device.type == "cuda"
-    image = torch.randn(batch, 1, size, size, device=device)
-    label = torch.randint(0, 6, (batch, 1, size, size), device=device)
-    generator = torch.Generator().manual_seed(0)
-    step_times, gin_times = [], []
-    for index in range(repeats + 3):  # the first steps warm up allocators and kernels
+    spatial = (size,) * dimensions
+    image = torch.randn(batch, 1, *spatial, device=device)
+    label = torch.randint(0, 6, (batch, 1, *spatial), device=device)
+    times: dict[str, list[float]] = {name: [] for name in (*AUGMENTATIONS, "step")}
+    for index in range(repeats + warmup):  # the first repetitions warm up allocators and kernels
+        augmented = image
+        for name in AUGMENTATIONS:
+            sync(device)
+            started = time.perf_counter()
+            out = augment[name](image)
+            sync(device)
+            if index >= warmup:
+                times[name].append(time.perf_counter() - started)
+            if name == "gin":
+                augmented = out
         sync(device)
         started = time.perf_counter()
-        augmented = gin(image, generator=generator)
-        sync(device)
-        augmented_at = time.perf_counter()
         with autocast_context(device, amp):
             loss = loss_fn(model(augmented).float(), label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         sync(device)
-        finished = time.perf_counter()
-        if index >= 3:
-            step_times.append(finished - started)
-            gin_times.append(augmented_at - started)
-    step, gin_time = statistics.median(step_times), statistics.median(gin_times)
-    return {
-        "step_ms": step * 1e3,
-        "gin_ms": gin_time * 1e3,
-        "gin_share": gin_time / step,
-        "slices_per_s": batch / step,
+        if index >= warmup:
+            times["step"].append(time.perf_counter() - started)
+    step = median(times["step"])
+    result: dict[str, float] = {
+        "dimensions": dimensions,
+        "size": size,
+        "batch": batch,
+        "repeats": repeats,
         "parameters": count_parameters(model),
+        "step_ms": round(step * 1e3, 2),
+        "slices_per_s": round(batch / step, 1),
     }
+    for name in AUGMENTATIONS:
+        aug = median(times[name])
+        result[f"{name}_ms"] = round(aug * 1e3, 3)
+        result[f"{name}_share"] = round(aug / (aug + step), 4)
+    return result
+
+
+def run(
+    sizes: list[int],
+    batch: int = 8,
+    repeats: int = 20,
+    size_3d: int | None = 64,
+    batch_3d: int = 2,
+    repeats_3d: int = 5,
+    device: str = "auto",
+) -> list[dict]:
+    resolved = resolve_device(device)
+    results = []
+    for size in sizes:
+        load = load_average()
+        results.append({**measure(2, size, batch, repeats, resolved), "load_before": load})
+    if size_3d:
+        load = load_average()
+        results.append({**measure(3, size_3d, batch_3d, repeats_3d, resolved), "load_before": load})
+    for result in results:
+        result["load_after"] = load_average()
+    return results
+
+
+def print_table(results: list[dict]) -> None:
+    print(
+        f"{'config':>16} {'step ms':>8} "
+        + " ".join(f"{name + ' ms':>14} {'share':>6}" for name in AUGMENTATIONS)
+        + f" {'slices/s':>9}"
+    )
+    for r in results:
+        config = f"{r['dimensions']}D b{r['batch']} {r['size']}^{r['dimensions']}"
+        print(
+            f"{config:>16} {r['step_ms']:>8.1f} "
+            + " ".join(f"{r[f'{name}_ms']:>14.2f} {r[f'{name}_share']:>6.1%}" for name in AUGMENTATIONS)
+            + f" {r['slices_per_s']:>9.1f}"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="2D slice sizes")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--size-3d", type=int, default=64, help="3D patch edge; 0 skips the 3D model")
+    parser.add_argument("--batch-3d", type=int, default=2)
+    parser.add_argument("--repeats-3d", type=int, default=5)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+    info = machine_info()
+    print(f"{info['cpu']} ({info['cores']} cores, {info['torch_threads']} threads); torch {info['torch']}")
+    results = run(
+        args.sizes, args.batch, args.repeats, args.size_3d, args.batch_3d, args.repeats_3d, args.device
     )
-    print(f"device: {name}; torch {torch.__version__}")
-    print(f"{'size':>5} {'GIN':>10} {'step ms':>9} {'GIN ms':>8} {'GIN share':>10} {'slices/s':>9}")
-    for size in args.sizes:
-        for shared in (False, True):
-            result = measure(size, args.batch, args.repeats, device, shared)
-            variant = "shared" if shared else "per-sample"
-            print(
-                f"{size:>5} {variant:>10} {result['step_ms']:>9.1f} {result['gin_ms']:>8.2f} "
-                f"{result['gin_share']:>10.1%} {result['slices_per_s']:>9.1f}"
-            )
+    print_table(results)
+    print(f"load average before: {results[0]['load_before']}, after: {results[-1]['load_after']}")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,13 @@ class FederationConfig(Settings):
         True, description="Each site reports the Dice of its trained model on its own val cases, per domain."
     )
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    update_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description=(
+            "Floating-point type of the weights sent each way (float16 halves the bytes; the server and the "
+            "sites cast back to float32 before training and averaging; integer buffers are sent as they are)."
+        ),
+    )
     round_timeout_s: float = Field(3600.0, gt=0, description="Replies later than this are left out.")
     clients: list[ClientSpec] = Field(default_factory=list)
     server_eval: list[DataSpec] = Field(

@@ -113,7 +113,7 @@ def _train(message: Message, context: Context, config: RunConfig, spec: ClientSp
         context.state[LOCAL_STATE_KEY] = to_record(trained, exclude=set(trained) - local_keys)
     reply = RecordDict(
         {
-            "arrays": to_record(trained, exclude=local_keys),
+            "arrays": to_record(trained, exclude=local_keys, dtype=federation.update_dtype),
             "metrics": MetricRecord(
                 {
                     "num-examples": len(train_set),

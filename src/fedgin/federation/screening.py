@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedgin.errors import FedginError
-from fedgin.federation.weights import content_bytes, screen
+from fedgin.federation.weights import content_bytes, screen, to_float32
 
 logger = logging.getLogger("fedgin.federation")
 
@@ -114,7 +114,7 @@ class ScreeningMixin:
             elif "num-examples" not in metrics or metrics["num-examples"] <= 0:
                 reason = "no positive num-examples in the reply's metrics"
             else:
-                update = next(iter(content.array_records.values()))
+                arrays_key, update = next(iter(content.array_records.items()))
                 reason = screen(update, self.reference, expected) or ""
             up = content_bytes(content)
             validation = {}
@@ -126,6 +126,8 @@ class ScreeningMixin:
                 }
             reports.append(ClientReport(node, name, not reason, reason, metrics, up, validation))
             if not reason:
+                # float16 updates (federation.update_dtype) are averaged in float32, after counting bytes_up.
+                content[arrays_key] = to_float32(update)
                 accepted.append((name, message))
         for node in sorted(set(self.sent) - replied):
             name = self.node_names.get(node, f"node-{node}")

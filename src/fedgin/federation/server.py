@@ -186,7 +186,7 @@ class FederationServer:
     ) -> dict:
         started = time.perf_counter()
         reference = self.state
-        arrays = to_record(self.state)
+        arrays = to_record(self.state, dtype=self.config.federation.update_dtype)
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(settings)), grid)
         replies = grid.send_and_receive(messages, timeout=self.config.federation.round_timeout_s)
         aggregated, _ = strategy.aggregate_train(server_round, replies)

@@ -27,14 +27,42 @@ def norm_keys(model: nn.Module) -> set[str]:
     return keys
 
 
-def to_record(state: Mapping[str, torch.Tensor], exclude: set[str] | None = None) -> ArrayRecord:
-    """A state dict (minus `exclude`) as an ArrayRecord, keys in the state dict's order."""
+#: The `federation.update_dtype` names as torch dtypes.
+WIRE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+
+
+def to_record(
+    state: Mapping[str, torch.Tensor], exclude: set[str] | None = None, dtype: str = "float32"
+) -> ArrayRecord:
+    """A state dict (minus `exclude`) as an ArrayRecord, keys in the state dict's order.
+
+    `dtype` ("float32" or "float16", `federation.update_dtype`) is the type floating-point tensors travel
+    in; integer buffers (batch norm's num_batches_tracked) are sent as they are.
+    """
     exclude = exclude or set()
+    wire = WIRE_DTYPES[dtype]
+
+    def on_wire(value: torch.Tensor) -> torch.Tensor:
+        value = value.detach().cpu()
+        return value.to(wire) if value.dtype.is_floating_point and wire != torch.float32 else value
+
     return ArrayRecord(
         {
-            key: Array(value.detach().cpu().contiguous().numpy())
+            key: Array(on_wire(value).contiguous().numpy())
             for key, value in state.items()
             if key not in exclude
+        }
+    )
+
+
+def to_float32(record: ArrayRecord) -> ArrayRecord:
+    """The record with float16 arrays cast to float32 (before averaging: FedAvg sums in the arrays' dtype)."""
+    if not any(record[key].dtype == "float16" for key in record):
+        return record
+    return ArrayRecord(
+        {
+            key: Array(array.numpy().astype(np.float32)) if array.dtype == "float16" else array
+            for key, array in record.items()
         }
     )
 
