@@ -92,28 +92,11 @@ def prepared_cache(data: Path, out: Path, preprocess: PreprocessConfig, workers:
 
 
 # -- memory of a process tree (the benchmark's subprocess with Ray's processes) ----------------------------
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
 def process_tree(root: int) -> list[int]:
     """`root` and all its descendants (Ray's GCS, raylet and workers included)."""
-    children, tree, todo = _children(), [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
+    from fedgin.federation.deployment import descendants
+
+    return [root, *descendants(root)]
 
 
 def _memory(pid: int) -> tuple[int, int]:
