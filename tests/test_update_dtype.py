@@ -21,29 +21,7 @@ from fedgin.federation.client import train_round
 from fedgin.federation.server import initial_state
 from fedgin.federation.weights import to_float32, to_record, to_state_dict
 from fedgin.model import build_unet
-
-
-def dtype_config(caches: dict[str, Path], output: Path, update_dtype: str) -> RunConfig:
-    """Two sites (CT: train + test splits, MRI T2: train), a tiny U-Net, one round of 2 local steps."""
-    return RunConfig(
-        name=f"fl-{update_dtype}",
-        seed=7,
-        output=output,
-        model={"channels": (4, 8), "strides": (2,), "num_res_units": 1},
-        train={"batch_size": 4, "device": "cpu"},
-        federation={
-            "rounds": 1,
-            "local_steps": 2,
-            "min_clients": 2,
-            "round_timeout_s": 120,
-            "update_dtype": update_dtype,
-            "clients": [
-                {"name": "ct", "data": [{"cache": caches["ct"], "splits": ["train", "test"]}]},
-                {"name": "mri", "data": [{"cache": caches["t2"]}]},
-            ],
-            "server_eval": [{"cache": caches["ct"]}, {"cache": caches["t2"]}],
-        },
-    )
+from test_federation import fl_config  # two sites (CT: train + test, MRI T2: train), tiny U-Net
 
 
 # -- a ClientApp that keeps what it sends (module level so that Ray's workers can import it) ------------
@@ -109,7 +87,7 @@ def runs(caches: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> d
     base = tmp_path_factory.mktemp("update_dtype")
     configs = {}
     for dtype in ("float32", "float16"):
-        config = dtype_config(caches, base / dtype, dtype)
+        config = fl_config(caches, base / dtype, rounds=1, update_dtype=dtype)
         result = run_federation(config, console=Console(quiet=True), client_app=recording_app())
         assert result.rounds == 1
         configs[dtype] = config
