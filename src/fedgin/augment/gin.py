@@ -155,8 +155,20 @@ def _check_compatible(x: torch.Tensor, params: GINParameters) -> None:
         raise TypeError(f"GIN needs a floating point image, got dtype {x.dtype}")
 
 
+def _pointwise_layer(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A per-sample 1 x 1 layer as a batched matmul: h (1, n*in, *spatial), w (n, out, in, 1...), b (n, out).
+
+    With 1-2 channels per sample a grouped 1 x 1 convolution is mostly call overhead (oneDNN: ~0.3 ms for a
+    batch of eight 128 x 128 slices); `baddbmm` does the same arithmetic in ~0.06 ms, on the GPU too.
+    """
+    n, out_ch, in_ch = w.shape[:3]
+    spatial = h.shape[2:]
+    out = torch.baddbmm(b.unsqueeze(-1), w.reshape(n, out_ch, in_ch), h.reshape(n, in_ch, -1))
+    return out.reshape(1, n * out_ch, *spatial)
+
+
 def _random_network(x: torch.Tensor, params: GINParameters, selected: torch.Tensor | None) -> torch.Tensor:
-    """Run the random conv stack on `x` (the `selected` samples, None: all), one conv call per layer."""
+    """Run the random conv stack on `x` (the `selected` samples, None: all), one call per layer."""
     conv = F.conv2d if params.spatial_dims == 2 else F.conv3d
     n, _, *spatial = x.shape
     last = params.n_layers - 1
@@ -165,7 +177,7 @@ def _random_network(x: torch.Tensor, params: GINParameters, selected: torch.Tens
         for i, (w, b, k) in enumerate(zip(params.weights, params.biases, params.kernel_sizes, strict=True)):
             h = conv(h, w[0].to(x.dtype), b[0].to(x.dtype), padding=k // 2)
             if i < last:
-                h = F.leaky_relu(h, LEAKY_SLOPE)
+                h = F.leaky_relu(h, LEAKY_SLOPE, inplace=True)
         return h
     # Per-sample networks: fold the batch into channels, (B, C, ...) -> (1, B*C, ...), and use groups=B so
     # that sample b only sees its own filters.
@@ -173,17 +185,19 @@ def _random_network(x: torch.Tensor, params: GINParameters, selected: torch.Tens
     on_cpu = h.device.type == "cpu"
     channels_last = torch.channels_last if h.ndim == 4 else torch.channels_last_3d
     for i, (w, b, k) in enumerate(zip(params.weights, params.biases, params.kernel_sizes, strict=True)):
-        if on_cpu:
-            # oneDNN's grouped conv with 1-2 channels per group is ~3x faster channels-last for k > 1 and
-            # ~5x slower channels-last for k = 1 (measured, torch 2.13 CPU), so pick the layout per layer.
-            h = h.contiguous(memory_format=channels_last if k > 1 else torch.contiguous_format)
         if selected is not None:
             w, b = w[selected], b[selected]
-        w_sel = w.to(x.dtype).reshape(-1, *w.shape[2:])  # (n*out, in, k, ...)
-        b_sel = b.to(x.dtype).reshape(-1)
-        h = conv(h, w_sel, b_sel, padding=k // 2, groups=n)
+        w, b = w.to(x.dtype), b.to(x.dtype)
+        if k == 1:
+            h = _pointwise_layer(h, w, b)
+        else:
+            if on_cpu:
+                # oneDNN's grouped conv with 1-2 channels per group is ~3x faster channels-last (measured,
+                # torch 2.13 CPU); the 1 x 1 layers above take either layout.
+                h = h.contiguous(memory_format=channels_last)
+            h = conv(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), padding=k // 2, groups=n)
         if i < last:
-            h = F.leaky_relu(h, LEAKY_SLOPE)
+            h = F.leaky_relu(h, LEAKY_SLOPE, inplace=True)
     return h.contiguous().reshape(n, -1, *spatial)
 
 
@@ -211,11 +225,10 @@ def apply_gin(x: torch.Tensor, params: GINParameters) -> torch.Tensor:
         gin_out = _random_network(x_sel, params, None if all_selected else selected)
         alphas = params.alphas if all_selected else params.alphas[selected]
         alpha = alphas.to(compute_dtype).reshape(n, *([1] * (x_sel.ndim - 1)))
-        mixed = alpha * gin_out + (1.0 - alpha) * x_sel
+        mixed = torch.lerp(x_sel, gin_out, alpha)  # alpha * GIN(x) + (1 - alpha) * x in one pass
         in_norm = torch.linalg.vector_norm(x_sel.reshape(n, -1), dim=1)
         mix_norm = torch.linalg.vector_norm(mixed.reshape(n, -1), dim=1)
-        scale = (in_norm / (mix_norm + NORM_EPS)).reshape_as(alpha)
-        mixed = mixed * scale
+        mixed.mul_((in_norm / (mix_norm + NORM_EPS)).reshape_as(alpha))
         if all_selected:
             out = mixed
         else:
