@@ -261,7 +261,7 @@ def summarise(clients: int, plain: dict, flwr: dict) -> dict:
 def combine(runs: list[dict]) -> dict:
     """The median of each figure over repeated runs of one configuration (the runs kept beside)."""
     if len(runs) == 1:
-        return {**runs[0], "repeats": 1}
+        return {**runs[0], "repeats": 1, "ratio_range": [runs[0]["ratio"]] * 2}
     row: dict = {}
     for key, value in runs[0].items():
         values = [run[key] for run in runs]
@@ -270,6 +270,7 @@ def combine(runs: list[dict]) -> dict:
         elif key not in ("plain", "flower"):
             row[key] = value
     row["load_after"] = runs[-1]["load_after"]
+    row["ratio_range"] = [min(run["ratio"] for run in runs), max(run["ratio"] for run in runs)]
     return {**row, "repeats": len(runs), "runs": runs}
 
 
@@ -327,7 +328,14 @@ def run(
         if preset:
             count, preset_rounds = preset
             spec = {**base, "clients": count, "rounds": preset_rounds}
-            row = summarise(count, run_one("plain", spec, folder), run_one("flower", spec, folder))
+            row = combine(
+                [
+                    summarise(
+                        count, run_one("plain", spec, folder, repeat), run_one("flower", spec, folder, repeat)
+                    )
+                    for repeat in range(repeats)
+                ]
+            )
             results["quick_preset"] = row
             log(
                 f"quick preset, {count} clients x {preset_rounds} rounds: plain {row['plain_s']:.1f} s, "

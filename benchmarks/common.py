@@ -49,6 +49,9 @@ def machine_info() -> dict:
     return {
         "cpu": cpu_model(),
         "cores": cores(),
+        # Two hosts that both call themselves "AMD EPYC" differed 2.8x in a training step: one had AVX-512,
+        # the other AVX2 only. The vector extension torch dispatches to tells them apart.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE / 2**30, 1),
         "gpu": gpu,
@@ -62,10 +65,11 @@ def machine_info() -> dict:
 
 
 def machine_name(info: dict) -> str:
-    """cpu-2core, or gpu-<name> where a GPU is present: the results file of this machine."""
+    """cpu-2core-avx2, or gpu-<name> where a GPU is present: the results file of this machine."""
     if info.get("gpu"):
         return "gpu-" + re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower()).strip("-")
-    return f"cpu-{info['cores']}core"
+    capability = re.sub(r"[^a-z0-9]+", "", str(info.get("cpu_capability", "")).lower())
+    return f"cpu-{info['cores']}core" + (f"-{capability}" if capability else "")
 
 
 def median(values: Iterable[float]) -> float:

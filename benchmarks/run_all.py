@@ -32,7 +32,13 @@ SECTIONS = ("train_step", "throughput", "federation", "bytes", "prepare", "predi
 FULL = {
     "train_step": {"sizes": [128, 256], "repeats": 20, "size_3d": 64, "repeats_3d": 5},
     "throughput": {"volumes": 6, "steps": 20, "chunks": 3},
-    "federation": {"clients": (2, 4, 8, 16), "rounds": 3, "local_steps": 50, "float16_clients": 2},
+    "federation": {
+        "clients": (2, 4, 8, 16),
+        "rounds": 3,
+        "local_steps": 50,
+        "float16_clients": 2,
+        "repeats": 3,
+    },
     "prepare": {"volumes": 16, "repeats": 3},
     "predict": {"repeats": 5},
 }
@@ -57,6 +63,14 @@ def verdict(ok: bool) -> str:
     return "[green]met[/]" if ok else "[red]missed[/]"
 
 
+def spread(row: dict) -> str:
+    """How a median over repeated runs was taken: the number of runs and the range of the ratio."""
+    if row.get("repeats", 1) < 2:
+        return ""
+    low, high = row["ratio_range"]
+    return f" (median of {row['repeats']} runs, ratio {low:.2f}-{high:.2f})"
+
+
 def load(entry: dict) -> str:
     return f"{entry['load_before'][0]:.2f} / {entry['load_after'][0]:.2f}"
 
@@ -67,7 +81,9 @@ COLUMNS = ("section", "figure", "value", "target", "", "load 1-min before / afte
 def title(results: dict) -> str:
     info = results["machine"]
     return (
-        f"fedgin benchmarks on {results['name']}: {info['cpu']}, {info['cores']} cores"
+        f"fedgin benchmarks on {results['name']}: {info['cpu']}"
+        + (f" ({info['cpu_capability']})" if info.get("cpu_capability") else "")
+        + f", {info['cores']} cores"
         + (f", {info['gpu']}" if info.get("gpu") else "")
         + f"; torch {info['torch']}, flwr {info['flwr']}; {info['date']}"
     )
@@ -100,6 +116,24 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def paper_training_steps() -> dict:
+    """Optimizer steps of the paper-complete preset: every federation and pooled model gets rounds x local
+    steps x sites, each site's local model rounds x local steps; times the seeds. Training steps only."""
+    from fedgin.study.config import load_study, preset_path
+
+    study = load_study(preset_path("paper", "complete"))
+    per_site = study.federation.rounds * int(study.federation.local_steps or 0)
+    sites = len(study.sites)
+    per_seed = per_site * sites * len(study.methods)  # `local` too: one model of per_site steps per site
+    return {
+        "steps": per_seed * len(study.seeds),
+        "description": f"{sites} sites x {study.federation.rounds} rounds x {study.federation.local_steps} "
+        f"steps, {len(study.methods)} methods, {len(study.seeds)} seeds",
+        "size": study.preprocess.size,
+        "batch": study.train.batch_size,
+    }
+
+
 def table_rows(results: dict) -> list[tuple[str, ...]]:
     out = Rows()
     sections = results["sections"]
@@ -126,6 +160,19 @@ def table_rows(results: dict) -> list[tuple[str, ...]]:
             "",
             "",
         )
+    paper = results.get("paper_preset") or paper_training_steps()
+    for entry in sections.get("train_step", []):
+        if (entry["dimensions"], entry["size"], entry["batch"]) == (2, paper["size"], paper["batch"]):
+            hours = paper["steps"] * entry["step_ms"] / 1e3 / 3600
+            out.add_row(
+                "Paper preset",
+                f"paper-complete ({paper['description']}): estimated training time",
+                f"{paper['steps'] / 1e6:.2f} M steps x {entry['step_ms']:.1f} ms (the 2D b{entry['batch']} "
+                f"{entry['size']}^2 step) = {hours:.0f} h, validation and testing not included",
+                "",
+                "",
+                "",
+            )
     if entry := sections.get("throughput"):
         out.add_row(
             "Training",
@@ -151,8 +198,8 @@ def table_rows(results: dict) -> list[tuple[str, ...]]:
                 "Federation" if row is rows[0] else "",
                 f"{row['clients']} clients x {fed['rounds']} rounds x {fed['local_steps']} steps: "
                 "Flower / plain",
-                f"{row['flower_s']:.1f} s / {row['plain_s']:.1f} s = {row['ratio']:.2f}; start-up "
-                f"{row['flower_startup_s']:.1f} s, a round {row['flower_round_s']:.1f} / "
+                f"{row['flower_s']:.1f} s / {row['plain_s']:.1f} s = {row['ratio']:.2f}{spread(row)}; "
+                f"start-up {row['flower_startup_s']:.1f} s, a round {row['flower_round_s']:.1f} / "
                 f"{row['plain_round_s']:.1f} s = {row['round_ratio']:.2f}; "
                 f"12 rounds: {row['projected_ratio_12_rounds']:.2f}",
                 "(scaling)",
@@ -164,8 +211,8 @@ def table_rows(results: dict) -> list[tuple[str, ...]]:
                 "",
                 f"quick preset: {row['clients']} clients x {row['rounds']} rounds x {fed['local_steps']} "
                 "steps: Flower / plain",
-                f"{row['flower_s']:.1f} s / {row['plain_s']:.1f} s = {row['ratio']:.2f}; start-up "
-                f"{row['flower_startup_s']:.1f} s, a round {row['flower_round_s']:.1f} / "
+                f"{row['flower_s']:.1f} s / {row['plain_s']:.1f} s = {row['ratio']:.2f}{spread(row)}; "
+                f"start-up {row['flower_startup_s']:.1f} s, a round {row['flower_round_s']:.1f} / "
                 f"{row['plain_round_s']:.1f} s = {row['round_ratio']:.2f}",
                 "< 1.10",
                 verdict(row["ratio"] < 1.10),
@@ -291,6 +338,7 @@ def main() -> None:
             sections[section] = bench_predict.measure(**options)
         console.print(f"  {section}: {time.perf_counter() - began:.0f} s")
     results["seconds"] = round(time.perf_counter() - started, 1)
+    results["paper_preset"] = paper_training_steps()
     console.print(table(results))
     console.print(f"{results['seconds']:.0f} s in all; load average {load_average()}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,57 @@
+"""The benchmarks' bookkeeping (no timings): machine names, medians of repeated runs, the results table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_federation_overhead  # noqa: E402
+import run_all  # noqa: E402
+from common import machine_name  # noqa: E402
+
+RESULTS = sorted((BENCHMARKS / "results").glob("*.json"))
+
+
+def test_machine_name_tells_cpu_kinds_and_gpus_apart() -> None:
+    assert machine_name({"cores": 2, "cpu_capability": "AVX2", "gpu": None}) == "cpu-2core-avx2"
+    assert machine_name({"cores": 16, "cpu_capability": "AVX512", "gpu": None}) == "cpu-16core-avx512"
+    assert machine_name({"cores": 2, "gpu": None}) == "cpu-2core"  # results written before the field existed
+    assert machine_name({"cores": 16, "cpu_capability": "AVX512", "gpu": "NVIDIA H200"}) == "gpu-nvidia-h200"
+
+
+def test_repeated_runs_combine_into_medians_with_the_ratio_range() -> None:
+    runs = [
+        {"clients": 2, "ratio": ratio, "flower_s": flower, "load_before": [1.0], "load_after": [load]}
+        for ratio, flower, load in [(1.2, 24.0, 1.1), (1.0, 20.0, 1.2), (1.5, 30.0, 1.3)]
+    ]
+    row = bench_federation_overhead.combine(runs)
+    assert row["ratio"] == 1.2 and row["flower_s"] == 24.0
+    assert row["ratio_range"] == [1.0, 1.5]
+    assert row["repeats"] == 3 and row["runs"] == runs
+    assert row["clients"] == 2 and row["load_after"] == [1.3]
+    single = bench_federation_overhead.combine(runs[:1])
+    assert single["repeats"] == 1 and single["ratio_range"] == [1.2, 1.2]
+
+
+def test_the_paper_preset_step_count_follows_from_the_preset() -> None:
+    paper = run_all.paper_training_steps()
+    # 2 sites x 100 rounds x 250 local steps for each of 7 methods, 3 seeds.
+    assert paper["steps"] == 2 * 100 * 250 * 7 * 3
+    assert (paper["size"], paper["batch"]) == (256, 8)
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[path.stem for path in RESULTS])
+def test_every_recorded_result_renders_with_its_targets(path: Path) -> None:
+    results = json.loads(path.read_text())
+    table = run_all.markdown(results)
+    for target in ("< 3% of a 2D step", "< 5%", "< 1.10", "< 2x"):
+        assert target in table, f"{path.name}: no row for the target {target}"
+    assert "paper-complete" in table
+    verdicts = [line for line in table.splitlines() if "| met |" in line or "| missed |" in line]
+    assert len(verdicts) >= 5
