@@ -23,7 +23,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Speed, memory and scaling figures (about 15 minutes on 2 CPU cores; run it on an otherwise idle machine):
+# Speed, memory and scaling figures (about an hour on 2 CPU cores, most of it 3 runs of each federation;
+# run it on an otherwise idle machine):
 # one table, benchmarks/results/<machine>.json and .txt.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

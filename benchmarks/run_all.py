@@ -3,7 +3,8 @@
 Sections: GIN's cost in a training step (beside MONAI's intensity augmentations), training throughput and
 data waiting, federation overhead and memory for 2-16 clients, bytes per round (float32 / float16 updates),
 preprocessing and prediction speed. Each figure is stored with the 1-minute load average around it; run it
-on an otherwise idle machine. About 15 minutes on 2 CPU cores.
+on an otherwise idle machine. About an hour on 2 CPU cores (3 runs of each federation); `--smoke` checks in
+a few minutes that everything runs.
 """
 
 from __future__ import annotations
