@@ -260,8 +260,9 @@ def summarise(clients: int, plain: dict, flwr: dict) -> dict:
 
 def combine(runs: list[dict]) -> dict:
     """The median of each figure over repeated runs of one configuration (the runs kept beside)."""
+    ratio_range = [min(run["ratio"] for run in runs), max(run["ratio"] for run in runs)]
     if len(runs) == 1:
-        return {**runs[0], "repeats": 1, "ratio_range": [runs[0]["ratio"]] * 2}
+        return {**runs[0], "repeats": 1, "ratio_range": ratio_range}
     row: dict = {}
     for key, value in runs[0].items():
         values = [run[key] for run in runs]
@@ -270,8 +271,17 @@ def combine(runs: list[dict]) -> dict:
         elif key not in ("plain", "flower"):
             row[key] = value
     row["load_after"] = runs[-1]["load_after"]
-    row["ratio_range"] = [min(run["ratio"] for run in runs), max(run["ratio"] for run in runs)]
-    return {**row, "repeats": len(runs), "runs": runs}
+    return {**row, "ratio_range": ratio_range, "repeats": len(runs), "runs": runs}
+
+
+def measure_configuration(count: int, spec: dict, folder: Path, repeats: int) -> dict:
+    """`repeats` runs of plain and Flower, alternating, each in a fresh process; their medians."""
+    return combine(
+        [
+            summarise(count, run_one("plain", spec, folder, repeat), run_one("flower", spec, folder, repeat))
+            for repeat in range(repeats)
+        ]
+    )
 
 
 def run(
@@ -309,14 +319,7 @@ def run(
         )
         for count in clients:
             spec = {**base, "clients": count}
-            row = combine(
-                [
-                    summarise(
-                        count, run_one("plain", spec, folder, repeat), run_one("flower", spec, folder, repeat)
-                    )
-                    for repeat in range(repeats)
-                ]
-            )
+            row = measure_configuration(count, spec, folder, repeats)
             results["configurations"].append(row)
             log(
                 f"{count:>3} clients: plain {row['plain_s']:.1f} s, Flower {row['flower_s']:.1f} s "
@@ -328,14 +331,7 @@ def run(
         if preset:
             count, preset_rounds = preset
             spec = {**base, "clients": count, "rounds": preset_rounds}
-            row = combine(
-                [
-                    summarise(
-                        count, run_one("plain", spec, folder, repeat), run_one("flower", spec, folder, repeat)
-                    )
-                    for repeat in range(repeats)
-                ]
-            )
+            row = measure_configuration(count, spec, folder, repeats)
             results["quick_preset"] = row
             log(
                 f"quick preset, {count} clients x {preset_rounds} rounds: plain {row['plain_s']:.1f} s, "

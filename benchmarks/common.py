@@ -49,8 +49,8 @@ def machine_info() -> dict:
     return {
         "cpu": cpu_model(),
         "cores": cores(),
-        # Two hosts that both call themselves "AMD EPYC" differed 2.8x in a training step: one had AVX-512,
-        # the other AVX2 only. The vector extension torch dispatches to tells them apart.
+        # Two hosts that both call themselves "AMD EPYC" differed about 3x in a training step; the slower
+        # one runs torch's AVX2 kernels. The vector extension torch dispatches to tells hosts apart.
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE / 2**30, 1),
