@@ -167,7 +167,7 @@ def checkpoint(caches: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
             "optimizer": optimizer.state_dict(),
             "step": steps,
             "config": config.model_dump(mode="json"),
-            "rng": rng_state(),  # numpy state: this file needs the full (not weights_only) torch.load
+            "rng": rng_state(),  # tensors and plain values: loads with weights_only=True
             "best_score": 0.8,
             "best_step": steps,
         },
@@ -506,7 +506,7 @@ def test_export_command_and_models_without_their_run(checkpoint: Path, tmp_path:
     model = load_prediction_model(checkpoint)
     assert model.preprocess == CACHE_PREPROCESS and "differs from the training caches" in model.notes[0]
     # A federated checkpoint whose caches are gone: the run config's preprocessing, round as provenance.
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     config = RunConfig.model_validate(state["config"])
     config.data.train = [DataSpec(cache=tmp_path / "gone")]
     config.preprocess = CACHE_PREPROCESS

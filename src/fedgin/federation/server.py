@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedgin.checkpoints import load_checkpoint
+from fedgin.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from fedgin.config import DataConfig, RunConfig
 from fedgin.federation.client import CONFIG_KEY
 from fedgin.federation.fedavg import ScreenedFedAvg
@@ -128,7 +128,7 @@ class FederationServer:
     def save(self, name: str) -> None:
         """A fedgin checkpoint (loadable by `fedgin evaluate --checkpoint`) plus the round and history."""
         payload = {
-            "format": "fedgin-checkpoint/1",
+            "format": CHECKPOINT_FORMAT,
             "kind": "federated",
             "model": self.state,
             "config": self.config.model_dump(mode="json"),

@@ -191,23 +191,20 @@ def _from_checkpoint(path: Path, checkpoint: dict[str, Any], device: torch.devic
 def load_prediction_model(path: str | Path, device: torch.device | str = "cpu") -> PredictionModel:
     """Load an exported model (`fedgin export`) or a training checkpoint, in eval mode on `device`.
 
-    Exports hold only tensors and plain values, so they are read with `weights_only=True` (no code in the
-    file can run); a checkpoint also holds random-number-generator state and is read the full way.
+    Both hold only tensors and plain values and are read with `weights_only=True`: no code in the file can
+    run, and a file that needs more is refused (see `fedgin.checkpoints.load_torch_file`).
     """
-    from fedgin.checkpoints import load_checkpoint
+    from fedgin.checkpoints import load_torch_file
 
     path = Path(path)
     device = torch.device(device)
     if not path.is_file():
         raise DataError(path, "model file not found (give a checkpoint or a `fedgin export` file)")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception:  # not loadable restricted: a checkpoint with numpy RNG state, or no torch file at all
-        payload = None
+    payload = load_torch_file(path, device)
     if isinstance(payload, dict) and str(payload.get("format", "")).startswith(EXPORT_PREFIX):
         return _from_export(path, payload, device)
     if not (isinstance(payload, dict) and "model" in payload and "config" in payload):
-        payload = load_checkpoint(path, device)  # DataError naming the file when it is not one
+        raise DataError(path, "not a fedgin model or checkpoint (no model weights or config)")
     return _from_checkpoint(path, payload, device)
 
 

@@ -33,16 +33,41 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def rng_state() -> dict:
-    """The global generators' states, stored in checkpoints."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global generators' states as tensors and plain values, so checkpoints load with weights_only.
+
+    numpy's state would pickle as an ndarray (a global the safe loader refuses), so its key travels as an
+    int64 tensor and Python's as a tuple of ints.
+    """
+    name, key, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": str(name),
+            "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(word) for word in internal), gauss_next))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["bit_generator"],
+            numpy_state["key"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

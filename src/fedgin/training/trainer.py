@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedgin.augment import RandGIN
-from fedgin.checkpoints import load_checkpoint
+from fedgin.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from fedgin.config import RunConfig, dump_toml
 from fedgin.errors import ConfigError
 from fedgin.evaluation.inference import autocast_context
@@ -180,7 +180,7 @@ class LocalTrainer:
     # -- checkpoints ------------------------------------------------------------------------------------
     def state(self, **extra: object) -> dict:
         return {
-            "format": "fedgin-checkpoint/1",
+            "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
