@@ -84,6 +84,7 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
         processes.append(link)
         wait_for(lambda: "Uvicorn running on https://" in link.text(), 30, "the SuperLink")
         assert "--enable-supernode-auth" in link.text() and "--ssl-certfile" in link.text()
+        assert "--trusted-publishers" in link.text() and "--superexec-auth-secret-file" in link.text()
         for site in ("ct", "mix"):
             public_key = certs / "supernodes" / f"{site}.pub"
             subprocess.run(fedgin("deploy", "register", public_key, "--site", site, *tls, "--state", server),
@@ -93,6 +94,9 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
             command = fedgin(
                 "deploy", "supernode", "--site", site, *tls, "--key", certs / "supernodes" / f"{site}.key",
                 "--port", free_port(), "--state", tmp_path / f"site-{site}",
+                "--trusted-publishers", certs / "publisher.pub",
+                # an unregistered key is refused like a recently crashed one: give up soon for the test
+                *(["--activation-timeout", 5] if site == "rogue" else []),
                 *(arg for folder in folders for arg in ("--cache", folder)),
             )  # fmt: skip
             processes.append(dep.start(f"supernode-{site}", command, logs, env, cwd=tmp_path))
@@ -103,10 +107,12 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
         assert "SuperNode ID" not in rogue.text()
 
         submitted = subprocess.run(
-            fedgin("deploy", "run", "--config", tmp_path / "fl.toml", *tls, "--state", server),
+            fedgin("deploy", "run", "--config", tmp_path / "fl.toml", *tls, "--state", server,
+                   "--publisher-key", certs / "publisher.key"),
             env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path,
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        assert "admitted, app signed by fedgin-" in link.text()
         summary = config.output / "summary.json"
         wait_for(summary.exists, 150, f"{summary} (logs in {logs})")
         assert json.loads(summary.read_text())["rounds"] == 1

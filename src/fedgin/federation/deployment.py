@@ -89,9 +89,23 @@ def superlink_command(
     database: str | Path | None = None,
     auth: bool = True,
     insecure: bool = False,
+    trusted_publishers: str | Path | None = None,
+    superexec_secret: str | Path | None = None,
 ) -> list[str]:
-    """`flower-superlink` with TLS and SuperNode authentication (both on unless explicitly turned off)."""
+    """`flower-superlink` with TLS, SuperNode authentication and signed apps (all on unless turned off).
+
+    With `trusted_publishers` (a trusted-entities YAML or a `.pub`) the SuperLink runs inside
+    `fedgin.federation.guarded`, which admits only runs of apps those keys signed, in process isolation
+    with its ServerApp executor authenticated by `superexec_secret` (required then).
+    """
     command = [_exe("flower-superlink")]
+    if trusted_publishers is not None:
+        if superexec_secret is None:
+            raise ConfigError("a SuperLink for signed apps needs a SuperExec secret file (superexec_secret)")
+        command = [
+            sys.executable, "-m", "fedgin.federation.guarded", "superlink",
+            "--trusted-publishers", str(Path(trusted_publishers).resolve()), "--",
+        ]  # fmt: skip
     if insecure:
         command.append("--insecure")
     else:
@@ -108,9 +122,25 @@ def superlink_command(
     if auth:
         command.append("--enable-supernode-auth")
     command += ["--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
+    if trusted_publishers is not None:
+        secret = str(Path(superexec_secret).resolve())  # type: ignore[arg-type]  # checked above
+        command += ["--isolation", "process", "--superexec-auth-secret-file", secret]
     if database is not None:
         command += ["--database", str(Path(database).resolve())]
     return command
+
+
+def write_superexec_secret(path: str | Path) -> Path:
+    """A random SuperExec auth secret (32 bytes, hex, 0600), kept if it exists already."""
+    import secrets
+
+    path = Path(path)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path
 
 
 def supernode_command(
@@ -124,8 +154,11 @@ def supernode_command(
     insecure: bool = False,
     max_retries: int | None = None,
     max_wait_time: float | None = None,
+    trusted_publishers: str | Path | None = None,
 ) -> list[str]:
     """`flower-supernode` for one site: its name and local cache go in the node config, never on the wire.
+
+    `trusted_publishers` (Flower's trusted-entities YAML) makes the site run only apps those keys signed.
 
     `cache` replaces the cache folder of every data entry of that site in `federation.clients`; a list
     gives one folder per data entry, in order (None keeps the paths of the run config, e.g. when all
@@ -145,6 +178,8 @@ def supernode_command(
         command += ["--root-certificates", str(Path(ca_cert).resolve())]
     if private_key is not None:
         command += ["--auth-supernode-private-key", str(Path(private_key).resolve())]
+    if trusted_publishers is not None:
+        command += ["--trusted-entities", str(Path(trusted_publishers).resolve())]
     command += [
         "--superlink",
         superlink,
@@ -172,10 +207,24 @@ def register_command(
     return [*command, "--format", "json"]
 
 
-def run_command(app_dir: str | Path, connection: str = CONNECTION, stream: bool = False) -> list[str]:
-    """`flwr run <app> <connection>`: submit fedgin's app to the SuperLink (`--stream` follows the logs)."""
-    command = [_exe("flwr"), "run", str(Path(app_dir).resolve()), connection]
-    return command + (["--stream"] if stream else ["--format", "json"])
+def run_command(
+    app_dir: str | Path,
+    connection: str = CONNECTION,
+    stream: bool = False,
+    publisher_key: str | Path | None = None,
+) -> list[str]:
+    """`flwr run <app> <connection>`: submit fedgin's app to the SuperLink (`--stream` follows the logs).
+
+    With `publisher_key` the FAB is signed with it on the way (`fedgin.federation.guarded run`).
+    """
+    arguments = ["run", str(Path(app_dir).resolve()), connection]
+    arguments += ["--stream"] if stream else ["--format", "json"]
+    if publisher_key is None:
+        return [_exe("flwr"), *arguments]
+    return [
+        sys.executable, "-m", "fedgin.federation.guarded", "run",
+        "--publisher-key", str(Path(publisher_key).resolve()), "--", *arguments[1:],
+    ]  # fmt: skip
 
 
 def format_command(command: list[str]) -> str:
