@@ -28,16 +28,33 @@ CommandT = TypeVar("CommandT", bound=Callable[..., Any])
 
 
 def user_errors(command: CommandT) -> CommandT:
-    """Show a FedginError as one line on stderr and exit 2, instead of a traceback."""
+    """Show a FedginError as one line on stderr and exit 2, instead of a traceback.
+
+    An OSError (a read-only or full output folder, a path through a file) or a ValueError is shown as one
+    line too, naming the path when the exception has one (exit 2 as well); set FEDGIN_TRACEBACK=1 to see
+    its traceback instead. Every other exception is a fedgin bug and keeps its traceback.
+    """
+
+    def fail(message: str, code: int) -> typer.Exit:
+        # escape(): messages quote TOML tables like [preprocess], which rich would take for markup
+        error_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        return typer.Exit(code)
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import os
+
+        from fedgin.errors import os_error_line, value_error_line
+
         try:
             return command(*args, **kwargs)
         except FedginError as error:
-            # escape(): messages quote TOML tables like [preprocess], which rich would take for markup
-            error_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise fail(str(error), 2) from None
+        except (OSError, ValueError) as error:
+            if os.environ.get("FEDGIN_TRACEBACK"):
+                raise
+            line = os_error_line(error) if isinstance(error, OSError) else value_error_line(error)
+            raise fail(line, 2) from None
         except KeyboardInterrupt:
             error_console.print("interrupted: finished work is kept; run the same command again to resume")
             raise typer.Exit(130) from None
@@ -106,7 +123,8 @@ def prepare(
     root: Annotated[Path, typer.Option(help="The data set's root folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write (or resume).")],
     config: Annotated[
-        Path | None, typer.Option(help="A run TOML whose [preprocess] table overrides the defaults.")
+        Path | None,
+        typer.Option(help="A run or study TOML (checked whole) whose [preprocess] overrides the defaults."),
     ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes (one volume in memory each).")] = 2,
     modality: Annotated[
@@ -169,10 +187,15 @@ def federate(
 ) -> None:
     """Run a federation (FedAvg/FedProx/FedBN with GIN) on Flower's simulation engine."""
     from fedgin.federation import federate_command
+    from fedgin.federation.server import FederationInterrupted
 
-    federate_command(
-        config, resume=resume, overwrite=overwrite, output=output, rounds=rounds, console=console
-    )
+    try:
+        federate_command(
+            config, resume=resume, overwrite=overwrite, output=output, rounds=rounds, console=console
+        )
+    except FederationInterrupted as interrupted:  # Ray is down; the message names the round kept
+        error_console.print(escape(str(interrupted)), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -184,17 +207,44 @@ def certs(
         list[str] | None, typer.Option(help="Extra DNS name or IP of the SuperLink (besides localhost).")
     ] = None,
     days: Annotated[int, typer.Option(help="Validity in days.")] = 30,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Make a new CA, server certificate and key pairs even if OUT already has them."),
+    ] = False,
 ) -> None:
-    """Make development TLS certificates and SuperNode keys for a deployment (see docs/deployment.md)."""
+    """Make development TLS certificates and SuperNode keys for a deployment (see docs/deployment.md).
+
+    Over an existing folder only the missing sites' key pairs are added; the CA, the server certificate
+    and the existing key pairs are kept (--overwrite replaces them all).
+    """
     from fedgin.federation.certificates import make_dev_certificates
 
     names = [name.strip() for name in sites.split(",") if name.strip()]
     if not names:
         raise ConfigError("--sites needs at least one site name")
-    made = make_dev_certificates(out, len(names), names, hosts=host, days=days)
-    console.print(f"development certificates in {made.directory} (not for production: see its README)")
+    made = make_dev_certificates(out, len(names), names, hosts=host, days=days, overwrite=overwrite)
+    kept = " (kept the existing CA and server certificate)" if made.kept_ca else ""
+    console.print(
+        f"development certificates in {made.directory}{kept} (not for production: see its README)",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
     for keys in made.supernodes:
-        console.print(f"  {keys.name}: {keys.private_key} / {keys.public_key}")
+        state = "kept" if keys.name in made.kept_sites else "new"
+        console.print(f"  {keys.name} ({state}): {keys.private_key} / {keys.public_key}", soft_wrap=True)
+    publisher = _publisher_key(out)
+    console.print(
+        f"  app signing: {publisher.private_key} (operator only) / {publisher.public_key} (for every site)"
+    )
+
+
+def _publisher_key(out: Path) -> Any:
+    """The operator's app-signing key in `out`: made once, kept afterwards (sites trust its public half)."""
+    from fedgin.federation.app_signing import PublisherKey, make_publisher_key
+
+    existing = PublisherKey(out / "publisher.key", out / "publisher.pub", out / "trusted-publishers.yaml")
+    if all(path.is_file() for path in (existing.private_key, existing.public_key, existing.trusted)):
+        return existing
+    return make_publisher_key(out)
 
 
 deploy_app = typer.Typer(
@@ -210,6 +260,17 @@ SuperlinkOption = Annotated[str, typer.Option("--superlink", help="The SuperLink
 CaCertOption = Annotated[Path | None, typer.Option("--ca-cert", help="CA certificate (certs/ca.crt).")]
 InsecureOption = Annotated[bool, typer.Option("--insecure", help="No TLS: loopback tests only.")]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the Flower command, do not run it.")]
+TrustedPublishersOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--trusted-publishers",
+        help="Keys whose signed apps may run (trusted-publishers.yaml or publisher.pub).",
+    ),
+]
+AllowUnsignedOption = Annotated[
+    bool,
+    typer.Option("--allow-unsigned-apps", help="Run any submitted app (anyone who can submit runs code)."),
+]
 
 
 @deploy_app.command("superlink")
@@ -222,17 +283,41 @@ def deploy_superlink(
     port: Annotated[int, typer.Option(help="HTTPS port (Fleet, Control and Runtime APIs).")] = 9092,
     state: StateOption = Path("runs/fl-deploy"),
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Admit SuperNodes without a key.")] = False,
+    trusted_publishers: TrustedPublishersOption = None,
+    allow_unsigned_apps: AllowUnsignedOption = False,
     insecure: InsecureOption = False,
     dry_run: DryRunOption = False,
 ) -> None:
-    """Start the SuperLink (server machine); it keeps its state in STATE/superlink.db."""
+    """Start the SuperLink (server machine); it keeps its state in STATE/superlink.db.
+
+    Only runs of apps signed by a trusted publisher (default: CERTS/trusted-publishers.yaml) are admitted.
+    """
     from fedgin.federation import deployment as dep
+    from fedgin.federation.app_signing import load_trusted
     from fedgin.federation.certificates import load_certificates
 
     tls = {} if insecure else _server_tls(load_certificates(certs_dir) if certs_dir else None)
+    if tls:
+        from fedgin.federation.preflight import check_server_credentials
+
+        check_server_credentials(**tls)  # a broken file is one line now, not a crashing SuperExec later
+    if trusted_publishers is None and certs_dir is not None and not allow_unsigned_apps:
+        trusted_publishers = certs_dir / "trusted-publishers.yaml"
+    signing: dict[str, Path] = {}
+    if not allow_unsigned_apps:
+        if trusted_publishers is None:
+            raise ConfigError(
+                "give --trusted-publishers (written by `fedgin certs`) or --allow-unsigned-apps"
+            )
+        load_trusted(trusted_publishers)  # one line now if it is missing or not a key file
+        secret = state / "superexec.secret"
+        signing = {"trusted_publishers": trusted_publishers, "superexec_secret": secret}
+        if not dry_run:
+            dep.write_superexec_secret(secret)
     command = dep.superlink_command(
-        **tls, host=host, port=port, database=state / "superlink.db", auth=not no_auth, insecure=insecure
-    )
+        **tls, host=host, port=port, database=state / "superlink.db", auth=not no_auth, insecure=insecure,
+        **signing,
+    )  # fmt: skip
     dep.launch(command, dep.flower_env(state / ".flwr"), console, dry_run)
 
 
@@ -255,12 +340,21 @@ def deploy_register(
 ) -> None:
     """Allow one site's SuperNode key on the SuperLink (operator)."""
     from fedgin.federation import deployment as dep
+    from fedgin.federation.preflight import check_ca_certificate, check_supernode_public_key
+    from fedgin.federation.registration import register_supernode
 
-    if not public_key.is_file():
-        raise DataError(public_key, "public key not found")
+    check_supernode_public_key(public_key)
+    if ca_cert is not None and not insecure:
+        check_ca_certificate(ca_cert)
     env = dep.flower_env(state / ".flwr")
     dep.write_flower_config(state / ".flwr", superlink, ca_cert, insecure=insecure)
-    dep.launch(dep.register_command(public_key, site), env, console, dry_run)
+    command = dep.register_command(public_key, site)
+    console.print(dep.format_command(command), highlight=False, soft_wrap=True)
+    if dry_run:
+        return
+    node_id = register_supernode(command, env, what=f"site {site} ({public_key}) on {superlink}")
+    done = f"registered site {site} ({public_key}) as SuperNode {node_id} on {superlink}"
+    console.print(done, highlight=False, soft_wrap=True)
 
 
 @deploy_app.command("supernode")
@@ -279,22 +373,75 @@ def deploy_supernode(
     ] = None,
     port: Annotated[int, typer.Option(help="The SuperNode's local Runtime API port (127.0.0.1).")] = 9094,
     state: StateOption = Path("runs/fl-deploy"),
+    trusted_publishers: TrustedPublishersOption = None,
+    allow_unsigned_apps: AllowUnsignedOption = False,
     insecure: InsecureOption = False,
+    activation_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Seconds to keep trying to connect and be activated (a refused activation is retried with "
+            "back-off: the SuperLink refuses a crashed SuperNode's key for up to 60 s).",
+        ),
+    ] = 120.0,
     dry_run: DryRunOption = False,
 ) -> None:
-    """Start one site's SuperNode (site machine); its cache paths stay in its node config."""
+    """Start one site's SuperNode (site machine); its cache paths stay in its node config.
+
+    The site runs only apps signed by a key in --trusted-publishers (the operator's publisher.pub).
+    """
     from fedgin.cache import Cache
     from fedgin.federation import deployment as dep
+    from fedgin.federation.app_signing import load_trusted, write_trusted
+
+    trusted = None
+    if not allow_unsigned_apps:
+        if trusted_publishers is None:
+            raise ConfigError(
+                "give --trusted-publishers (the operator's publisher.pub or trusted-publishers.yaml) "
+                "or --allow-unsigned-apps"
+            )
+        load_trusted(trusted_publishers)  # one line now if it is missing or not a key file
+        trusted = trusted_publishers
+        if trusted_publishers.suffix == ".pub":  # Flower reads its trusted-entities YAML
+            trusted = state / "trusted-publishers.yaml"
+            if not dry_run:
+                write_trusted(trusted, [trusted_publishers])
 
     for folder in cache or []:
         Cache(folder)  # a clear error now rather than in the first round
-    if key is not None and not key.is_file():
-        raise DataError(key, "private key not found")
+    from fedgin.federation.preflight import check_ca_certificate, check_supernode_private_key
+    from fedgin.federation.supervisor import supervise
+
+    if key is not None:
+        check_supernode_private_key(key)
+        if insecure:
+            raise ConfigError("--key needs TLS (--ca-cert): SuperNode authentication refuses --insecure")
+    if ca_cert is not None and not insecure:
+        check_ca_certificate(ca_cert)
     command = dep.supernode_command(
         site, cache or None, superlink=superlink, ca_cert=ca_cert, private_key=key, port=port,
-        insecure=insecure,
+        insecure=insecure, trusted_publishers=trusted,
     )  # fmt: skip
-    dep.launch(command, dep.flower_env(state / ".flwr"), console, dry_run)
+    console.print(dep.format_command(command), highlight=False, soft_wrap=True)
+    if dry_run:
+        return
+    env = dep.flower_env(state / ".flwr")
+    if env.get("FLWR_LOG_LEVEL", "INFO").upper() not in ("DEBUG", "INFO"):
+        env["FLWR_LOG_LEVEL"] = "INFO"  # the supervisor sees the connection in Flower's INFO line
+    not_ready = f": is the SuperLink running and reachable at {superlink}?"
+    if insecure:
+        not_ready = ": a SuperLink with TLS never answers an --insecure SuperNode (give --ca-cert instead)"
+    refused = (
+        " (its key is not registered, or a SuperNode with this key is still online: the SuperLink keeps a "
+        "crashed one online for up to 60 s)"
+    )
+    outcome = supervise(
+        command, env, timeout_s=activation_timeout, not_ready_hint=not_ready, refused_hint=refused
+    )
+    if outcome.error:
+        error_console.print(f"[bold red]error:[/] {escape(outcome.error)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(outcome.code)
 
 
 @deploy_app.command("run")
@@ -308,18 +455,32 @@ def deploy_run(
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
     output: Annotated[Path | None, typer.Option(help="Run directory (overrides `output`).")] = None,
     rounds: Annotated[int | None, typer.Option(help="Override federation.rounds.")] = None,
+    publisher_key: Annotated[
+        Path | None,
+        typer.Option("--publisher-key", help="The operator's app-signing key (publisher.key, fedgin certs)."),
+    ] = None,
+    unsigned: Annotated[
+        bool,
+        typer.Option("--unsigned", help="Submit unsigned (for SuperLinks with --allow-unsigned-apps)."),
+    ] = False,
     insecure: InsecureOption = False,
     dry_run: DryRunOption = False,
 ) -> None:
-    """Write the Flower app for CONFIG to STATE/app and submit it to the SuperLink (operator)."""
+    """Write the Flower app for CONFIG to STATE/app, sign it and submit it to the SuperLink (operator)."""
     from fedgin.federation import deployment as dep
+    from fedgin.federation.app_signing import load_private_key
     from fedgin.federation.simulation import load_federation_config
 
+    if not unsigned:
+        if publisher_key is None:
+            raise ConfigError("give --publisher-key (publisher.key from `fedgin certs`) or --unsigned")
+        load_private_key(publisher_key)  # one line now if it is missing or not an Ed25519 key
     run_config = load_federation_config(config, output, rounds)
     env = dep.flower_env(state / ".flwr")
     dep.write_flower_config(state / ".flwr", superlink, ca_cert, insecure=insecure)
     dep.write_app(run_config, state / "app", resume=resume, overwrite=overwrite)
-    dep.launch(dep.run_command(state / "app", stream=True), env, console, dry_run)
+    command = dep.run_command(state / "app", stream=True, publisher_key=None if unsigned else publisher_key)
+    dep.launch(command, env, console, dry_run)
 
 
 @app.command()
@@ -380,6 +541,8 @@ def gin_preview(
     from fedgin.augment.preview import save_gin_preview
     from fedgin.cache import Cache
 
+    if draws < 1:
+        raise ConfigError(f"--draws must be at least 1, got {draws}")
     images = {}
     for cache_dir in data:
         cache = Cache(cache_dir)
@@ -389,6 +552,8 @@ def gin_preview(
                 label = cache.load_label(entry)
                 z = int((label > 0).reshape(label.shape[0], -1).sum(1).argmax())
                 images[entry.domain] = np.array(cache.load_image(entry)[z])
+    if not images:
+        raise DataError(data[0], "no cached cases to preview (the cache is empty)")
     console.print(f"wrote {save_gin_preview(images, out, draws=draws, seed=seed)}")
 
 
@@ -502,6 +667,9 @@ def predict(
         bool | None, typer.Option("--amp/--no-amp", help="Mixed precision; default: on for CUDA.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 32,
+    force: Annotated[
+        bool, typer.Option(help="Segment an input even though it looks like a label map, not a scan.")
+    ] = False,
 ) -> None:
     """Segment new scans: label NIfTI in each input's own geometry, organ volumes (mL) as table and CSV."""
     from fedgin.prediction import run_prediction, volumes_table
@@ -518,6 +686,7 @@ def predict(
         amp=amp,
         batch_size=batch_size,
         console=console,
+        force=force,
     )
     console.print(volumes_table(report))
     labels = [str(case.outputs.label) for case in report.cases]
@@ -560,11 +729,16 @@ def export(
 
 
 def load_preprocess_config(path: Path | None) -> Any:
-    from fedgin.config import PreprocessConfig, read_toml, validate
+    """The [preprocess] table of a run (or study) TOML; the whole file is validated, so that a misspelled
+    table such as [preproces] is an error instead of a cache silently built with the defaults."""
+    from fedgin.config import PreprocessConfig, RunConfig, read_toml, validate
+    from fedgin.study.config import StudyConfig
 
     if path is None:
         return PreprocessConfig()
-    return validate(read_toml(path).get("preprocess", {}), PreprocessConfig, source=f"{path} [preprocess]")
+    raw = read_toml(path)
+    model = StudyConfig if "sites" in raw else RunConfig  # a study TOML always has [[sites]]
+    return validate(raw, model, source=str(path)).preprocess
 
 
 def parse_label_map(text: str | None) -> dict[int, int] | None:
