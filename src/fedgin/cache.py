@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,31 +78,73 @@ class CacheEntry:
 
     @classmethod
     def from_row(cls, row: dict[str, str]) -> CacheEntry:
+        """The typed entry; ValueError naming the column for an empty, missing or malformed value."""
+        read = _Row(row)
         return cls(
-            case_id=row["case_id"],
-            source=row["source"],
-            source_case_id=row["source_case_id"],
-            modality=row["modality"],
-            domain=row["domain"],
-            split=row["split"],
-            image_file=row["image_file"],
-            label_file=row["label_file"],
-            n_slices=int(row["n_slices"]),
-            height=int(row["height"]),
-            width=int(row["width"]),
-            spacing=(float(row["spacing_x"]), float(row["spacing_y"]), float(row["spacing_z"])),
-            original_shape=tuple(int(v) for v in row["original_shape"].split("x")),
-            original_spacing=tuple(float(v) for v in row["original_spacing"].split("x")),
-            organ_voxels={name: int(row[f"voxels_{name}"]) for name in ORGANS},
-            foreground_slices=int(row["foreground_slices"]),
+            case_id=read.text("case_id"),
+            source=read.text("source"),
+            source_case_id=read.text("source_case_id"),
+            modality=read.text("modality"),
+            domain=read.text("domain"),
+            split=read.text("split"),
+            image_file=read.text("image_file"),
+            label_file=read.text("label_file"),
+            n_slices=read.whole("n_slices", minimum=1),
+            height=read.whole("height", minimum=1),
+            width=read.whole("width", minimum=1),
+            spacing=(read.number("spacing_x"), read.number("spacing_y"), read.number("spacing_z")),
+            original_shape=tuple(read.numbers("original_shape", int)),
+            original_spacing=tuple(read.numbers("original_spacing", float)),
+            organ_voxels={name: read.whole(f"voxels_{name}", minimum=0) for name in ORGANS},
+            foreground_slices=read.whole("foreground_slices", minimum=0),
             original_percentiles=(
-                float(row["original_p1"]),
-                float(row["original_p50"]),
-                float(row["original_p99"]),
+                read.number("original_p1"),
+                read.number("original_p50"),
+                read.number("original_p99"),
             ),
-            source_image=row["source_image"],
-            fingerprint=row["fingerprint"],
+            source_image=row.get("source_image") or "",
+            fingerprint=row.get("fingerprint") or "",
         )
+
+
+class _Row:
+    """Typed reads of one index.csv row, each failure a ValueError that names the column and value."""
+
+    def __init__(self, row: dict[str, str]) -> None:
+        self.row = row
+
+    def text(self, name: str) -> str:
+        value = self.row.get(name)
+        if not value:
+            raise ValueError(f"{name} is empty")
+        return value
+
+    def whole(self, name: str, minimum: int | None = None) -> int:
+        value = self.text(name)
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{name} is {value!r}, not a whole number") from None
+        if minimum is not None and number < minimum:
+            raise ValueError(f"{name} is {number}, below {minimum}")
+        return number
+
+    def number(self, name: str) -> float:
+        value = self.text(name)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name} is {value!r}, not a number") from None
+        if not np.isfinite(number):
+            raise ValueError(f"{name} is {value!r}, not a finite number")
+        return number
+
+    def numbers(self, name: str, cast: type) -> list:
+        value = self.text(name)
+        try:
+            return [cast(part) for part in value.split("x")]
+        except ValueError:
+            raise ValueError(f"{name} is {value!r}, not numbers like 128x128x64") from None
 
 
 def geometry_file(case_id: str) -> str:
@@ -109,18 +152,38 @@ def geometry_file(case_id: str) -> str:
 
 
 def read_index(root: Path) -> dict[str, dict[str, str]]:
-    """index.csv rows by case id ({} when there is no index yet)."""
+    """index.csv rows by case id ({} when there is no index yet).
+
+    DataError naming index.csv for a file that is not a cache index: not UTF-8 text or CSV, columns
+    missing, a row with too few or too many fields, a case id listed twice.
+    """
     path = root / INDEX_FILE
     if not path.exists():
         return {}
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [name for name in INDEX_COLUMNS if name not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(
-                path, f"cache index lacks the columns {missing}; re-run prepare into a new folder"
-            )
-        return {row["case_id"]: row for row in reader}
+    rebuild = "delete it and run `fedgin prepare` again to rebuild the cache"
+    rows: dict[str, dict[str, str]] = {}
+    try:
+        # utf-8-sig: a byte-order mark (an index saved by a spreadsheet) is not part of the first column
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [name for name in INDEX_COLUMNS if name not in (reader.fieldnames or [])]
+            if missing:
+                shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+                raise DataError(path, f"not a fedgin cache index (no columns {shown}); {rebuild}")
+            for row in reader:
+                line = reader.line_num
+                if None in row or any(value is None for value in row.values()):
+                    raise DataError(
+                        path, f"line {line}: {len(reader.fieldnames or [])} fields expected; {rebuild}"
+                    )
+                if row["case_id"] in rows:
+                    raise DataError(path, f"line {line}: case {row['case_id']!r} is listed twice; {rebuild}")
+                rows[row["case_id"]] = row
+    except UnicodeDecodeError:
+        raise DataError(path, f"not a fedgin cache index (not UTF-8 text); {rebuild}") from None
+    except csv.Error as error:
+        raise DataError(path, f"not a fedgin cache index (unreadable CSV: {error}); {rebuild}") from None
+    return rows
 
 
 def write_index(root: Path, rows: dict[str, dict[str, Any]]) -> None:
@@ -134,14 +197,26 @@ def write_index(root: Path, rows: dict[str, dict[str, Any]]) -> None:
 
 
 class Cache:
-    """A prepared cache folder, opened for reading."""
+    """A prepared cache folder, opened for reading.
+
+    Opening checks the whole index and every case's arrays against it (the .npy headers and file sizes,
+    not the voxels), so that a damaged cache is refused with one line naming the file before any training
+    step rather than with a traceback many steps later.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         index = self.path / INDEX_FILE
         if not index.exists():
             raise DataError(index, "no cache index here; run `fedgin prepare` into this folder first")
-        self.entries = [CacheEntry.from_row(row) for row in read_index(self.path).values()]
+        self.entries = []
+        for case_id, row in read_index(self.path).items():
+            try:
+                self.entries.append(CacheEntry.from_row(row))
+            except ValueError as error:
+                raise DataError(index, f"case {case_id!r}: {error}; re-run prepare") from None
+        for entry in self.entries:
+            check_arrays(self.path, entry)
         prepare = self.path / PREPARE_FILE
         self.prepare_info: dict[str, Any] = (
             json.loads(prepare.read_text(encoding="utf-8")) if prepare.exists() else {}
@@ -192,6 +267,53 @@ class Cache:
     def foreground(self, entry: CacheEntry) -> np.ndarray:
         """Per-slice flags: True where the slice holds any organ voxel."""
         return np.asarray(self.case_info(entry)["foreground"], dtype=bool)
+
+
+def check_arrays(root: Path, entry: CacheEntry) -> None:
+    """DataError unless the entry's image (float) and label (integer) arrays are in the cache folder
+    `root`, complete and of the shape its index row says."""
+    shape = (entry.n_slices, entry.height, entry.width)
+    for relative, kinds in ((entry.image_file, "f"), (entry.label_file, "iu")):
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise DataError(root / INDEX_FILE, f"case {entry.case_id!r}: {relative!r} is outside the cache")
+        check_npy(root / relative, shape, kinds)
+
+
+def row_problem(root: Path, row: dict[str, str]) -> str | None:
+    """Why an index row of the cache `root` cannot be used (a bad value, a missing or damaged array), or
+    None; `prepare` prepares such a case again."""
+    try:
+        check_arrays(root, CacheEntry.from_row(row))
+    except (ValueError, DataError) as error:
+        return str(error)
+    return None
+
+
+def check_npy(path: Path, shape: tuple[int, ...], kinds: str) -> None:
+    """DataError unless `path` is a .npy file of `shape`, a dtype of one of `kinds` (numpy kind letters),
+    and exactly as long as its header says; reads the header only."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                stored, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                stored, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            data_start, size = handle.tell(), os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        raise DataError(path, "cached array is missing (listed in index.csv); re-run prepare") from None
+    except (OSError, ValueError) as error:
+        raise DataError(path, f"not a readable .npy array ({error}); re-run prepare") from None
+    if tuple(stored) != tuple(shape):
+        raise DataError(path, f"array shape {tuple(stored)} differs from index.csv's {shape}; re-run prepare")
+    if dtype.kind not in kinds or dtype.hasobject:
+        raise DataError(path, f"array holds {dtype}, not the cache's type; re-run prepare")
+    expected = data_start + int(np.prod(shape)) * dtype.itemsize
+    if size != expected:
+        problem = "truncated" if size < expected else "longer than its header says"
+        raise DataError(path, f"{problem}: {size} bytes, expected {expected}; re-run prepare")
 
 
 def _range(values: list[float]) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,9 +18,19 @@ SynthModality = Literal["ct", "mri_t1", "mri_t2"]
 
 
 class Settings(BaseModel):
-    """Base of every configuration section: unknown keys are errors, not silently ignored."""
+    """Base of every configuration section: unknown keys are errors, not silently ignored.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Strict: a number or switch must be written as one (`rounds = "3"` or `zscore = "yes"` is an error, not
+    3 or True; an integer is accepted where a float is expected). Path and tuple fields are declared with
+    `strict=False`: TOML and JSON have no such types, so they come as strings and lists (a tuple's items
+    stay strict).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class PreprocessConfig(Settings):
@@ -36,9 +47,11 @@ class PreprocessConfig(Settings):
     size: int | None = Field(
         128, ge=8, description="Crop or pad every axial slice to size x size; None keeps the resampled size."
     )
-    ct_window: tuple[float, float] = Field((-125.0, 275.0), description="CT intensity window in HU.")
+    ct_window: tuple[float, float] = Field(
+        (-125.0, 275.0), description="CT intensity window in HU.", strict=False
+    )
     mri_percentiles: tuple[float, float] = Field(
-        (0.5, 99.5), description="MRI intensities are clipped to these percentiles."
+        (0.5, 99.5), description="MRI intensities are clipped to these percentiles.", strict=False
     )
     zscore: bool = Field(True, description="Per-volume z-score normalisation after windowing/clipping.")
 
@@ -48,15 +61,19 @@ class SynthConfig(Settings):
 
     subjects: int = Field(10, ge=1)
     seed: int = 0
-    shape: tuple[int, int, int] = Field((128, 128, 64), description="Voxels along x, y, z (z axial).")
-    spacing: tuple[float, float, float] = Field((3.0, 3.0, 5.0), description="Voxel size in mm.")
+    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        (128, 128, 64), description="Voxels along x, y, z (z axial), each at least 1.", strict=False
+    )
+    spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
+        (3.0, 3.0, 5.0), description="Voxel size in mm, each above 0.", strict=False
+    )
     modalities: list[SynthModality] = Field(default_factory=lambda: ["ct"])
 
 
 class DataSpec(Settings):
     """A selection of cached cases: one cache folder, optionally narrowed to splits, domains or cases."""
 
-    cache: Path
+    cache: Path = Field(..., strict=False)
     splits: list[str] | None = Field(None, description="Default: train for training, val for validation.")
     domains: list[str] | None = Field(None, description="e.g. ['ct'] or ['mri_t2']; None keeps all.")
     skip_cases: int = Field(
@@ -77,13 +94,15 @@ class ModelConfig(Settings):
     """A MONAI U-Net; instance norm by default because batch-norm statistics break under FedAvg."""
 
     dimensions: Literal[2, 3] = 2
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    strides: tuple[int, ...] = (2, 2, 2, 2)
+    channels: tuple[int, ...] = Field((16, 32, 64, 128, 256), strict=False)
+    strides: tuple[int, ...] = Field((2, 2, 2, 2), strict=False)
     num_res_units: int = Field(1, ge=0)
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     patch_size: tuple[int, int, int] = Field(
-        (32, 96, 96), description="3D models: training patch and sliding-window size, (Z, H, W) voxels."
+        (32, 96, 96),
+        description="3D models: training patch and sliding-window size, (Z, H, W) voxels.",
+        strict=False,
     )
 
 
@@ -159,7 +178,7 @@ class RunConfig(Settings):
 
     name: str = "run"
     seed: int = 42
-    output: Path = Path("runs/run")
+    output: Path = Field(Path("runs/run"), strict=False)
     data: DataConfig = Field(default_factory=DataConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -180,6 +199,8 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: configuration file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except OSError as error:  # a folder, no permission
+        raise ConfigError(f"{path}: cannot read the configuration ({error.strerror or error})") from None
 
 
 def load_toml(path: str | Path, model: type[SettingsT]) -> SettingsT:
@@ -188,15 +209,54 @@ def load_toml(path: str | Path, model: type[SettingsT]) -> SettingsT:
 
 
 def validate(raw: dict, model: type[SettingsT], source: str = "configuration") -> SettingsT:
-    """Validate a dictionary into `model`, turning pydantic's report into a short ConfigError."""
+    """Validate a dictionary into `model`, turning pydantic's report into a short ConfigError.
+
+    Unknown tables and keys are errors (with the closest known name), and so are numbers or switches
+    written as strings (`rounds = "3"`).
+    """
     try:
         return model.model_validate(raw)
     except ValidationError as error:
+        names = sorted(_setting_names(model))
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {item['msg']}"
+            f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {_problem(item, names)}"
             for item in error.errors()
         )
         raise ConfigError(f"{source}: {problems}") from None
+
+
+def _problem(item: Any, names: list[str]) -> str:
+    """pydantic's message for one error, with what the user wrote where that helps them fix it."""
+    value = item.get("input")
+    if item["type"] == "extra_forbidden":
+        key = str(item["loc"][-1]) if item["loc"] else ""
+        close = difflib.get_close_matches(key, names, n=1)
+        return "unknown setting" + (f" (did you mean {close[0]!r}?)" if close else "")
+    message = str(item["msg"])
+    if item["type"] in ("int_type", "float_type", "bool_type") and isinstance(value, str):
+        return f"{message}, got the string {value!r} (write numbers and true/false without quotes)"
+    if item["type"] == "literal_error" or (
+        item["type"].endswith("_type") and isinstance(value, int | float | bool)
+    ):
+        return f"{message}, got {value!r}"
+    return message
+
+
+def _setting_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
+    """Every table and key name of `model` and the settings nested in it (for did-you-mean hints)."""
+    seen = set() if seen is None else seen
+    if model in seen:
+        return set()
+    seen.add(model)
+    names = set(model.model_fields)
+    pending = [field.annotation for field in model.model_fields.values()]
+    while pending:
+        annotation = pending.pop()
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= _setting_names(annotation, seen)
+        else:
+            pending.extend(get_args(annotation))
+    return names
 
 
 def dump_toml(settings: Settings, path: str | Path) -> None:

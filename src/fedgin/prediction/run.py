@@ -51,6 +51,9 @@ CT_RANGE_HU = (-3100.0, 3100.0)
 #: Intensity statistics for the auto modality use at most this many voxels (an even subsample).
 MODALITY_SAMPLE = 1_000_000
 PREVIEW_SLICES = 4
+#: An input whose (sampled) voxels are whole numbers with at most this many distinct values is taken for a
+#: label map (e.g. a TotalSegmentator mask) and refused unless forced; a scan has far more grey values.
+LABEL_MAP_MAX_VALUES = 16
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -151,8 +154,12 @@ def check_volume_shape(path: Path, shape: Sequence[int]) -> None:
         raise DataError(path, f"image is a single 2D slice (shape {shape}); fedgin predict needs a 3D volume")
 
 
-def check_input(item: PredictInput) -> None:
-    """The cheap checks (header, shape, affine) that can run on every input before any prediction."""
+def check_input(item: PredictInput, force: bool = False) -> None:
+    """The cheap checks (header, shape, affine) that can run on every input before any prediction.
+
+    Unless `force`, a NIfTI file whose header declares it a label map (intent "label", as fedgin's own
+    predictions do) is refused here; the voxels are checked by `check_looks_like_image` when read.
+    """
     if item.kind == "dicom":
         return  # series selection is checked by find_inputs; the voxels are checked when read
     from fedgin.sources.base import load_nifti
@@ -163,6 +170,31 @@ def check_input(item: PredictInput) -> None:
     check_volume_shape(item.path, nifti.shape)
     if abs(float(np.linalg.det(np.asarray(nifti.affine)[:3, :3]))) < 1e-12:
         raise DataError(item.path, "the header's affine is singular (zero voxel size?)")
+    if not force and nifti.header.get_intent()[0] == "label":
+        raise DataError(
+            item.path,
+            "is a label map, not an image (its header's intent is 'label'); give the scan itself, "
+            "or pass --force to segment it anyway",
+        )
+
+
+def check_looks_like_image(path: Path, data: np.ndarray) -> None:
+    """DataError when the voxels look like a label map rather than a scan: whole numbers taking at most
+    LABEL_MAP_MAX_VALUES distinct values (an even sample of at most MODALITY_SAMPLE voxels is examined)."""
+    flat = np.asarray(data).reshape(-1)
+    sample = flat[:: max(1, flat.size // MODALITY_SAMPLE)]
+    if np.issubdtype(sample.dtype, np.floating) and not np.array_equal(sample, np.round(sample)):
+        return
+    values = np.unique(sample)
+    if len(values) > LABEL_MAP_MAX_VALUES:
+        return
+    shown = ", ".join(f"{value:g}" for value in values[:8]) + (", ..." if len(values) > 8 else "")
+    raise DataError(
+        path,
+        f"looks like a label map, not an image (its voxels take only {len(values)} whole-number "
+        f"value{'s' if len(values) != 1 else ''}: {shown}); give the scan itself, or pass --force to "
+        "segment it anyway",
+    )
 
 
 def load_input(item: PredictInput) -> LoadedInput:
@@ -508,12 +540,14 @@ def run_prediction(
     batch_size: int = 32,
     progress: bool = True,
     console: Console | None = None,
+    force: bool = False,
 ) -> PredictionReport:
     """Segment every input volume and write labels (input geometry), JSON sidecars, volumes CSV, previews.
 
     Everything that can be checked without reading voxels is checked first (inputs, series, outputs,
     model); outputs are staged and moved into place only after every case succeeded, so an error (e.g. a
     truncated file halfway through a folder) leaves nothing behind. The model is loaded once for all files.
+    An input that looks like a label map rather than a scan is refused unless `force`.
     """
     if modality not in MODALITY_CHOICES:
         raise ConfigError(f"--modality must be ct, mri or auto, got {modality!r}")
@@ -521,7 +555,7 @@ def run_prediction(
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     inputs = find_inputs(input_path, series)
     for item in inputs:
-        check_input(item)
+        check_input(item, force=force)
     plan = plan_outputs(inputs, Path(output), preview, overwrite)
     torch_device = device if isinstance(device, torch.device) else _resolve_device(device)
     use_amp = torch_device.type == "cuda" if amp is None else amp
@@ -553,6 +587,8 @@ def run_prediction(
                 started = time.perf_counter()
                 source = load_input(item)
                 data = np.asarray(source.image.dataobj)
+                if not force:
+                    check_looks_like_image(item.path, data)
                 chosen, reason = choose_modality(modality, data, source.dicom_modality)
                 if console is not None:
                     bar.console.print(

@@ -62,8 +62,8 @@ class PrepareSpec(Settings):
     """A source data set the study prepares into a cache before training (skipped when up to date)."""
 
     source: Literal["totalseg-ct", "totalseg-mri", "amos", "nnunet"]
-    root: Path
-    cache: Path
+    root: Path = Field(..., strict=False)
+    cache: Path = Field(..., strict=False)
     split: Literal["train", "val", "test"] | None = Field(None, description="Put every case in this split.")
 
 
@@ -71,7 +71,7 @@ class StudyConfig(Settings):
     """A study: every method of `methods`, for each seed (and, limited scenario, each MRI:CT ratio)."""
 
     name: str = "study"
-    output: Path = Path("runs/study")
+    output: Path = Field(Path("runs/study"), strict=False)
     scenario: Literal["complete", "limited"] = "complete"
     seeds: list[int] = Field(default_factory=lambda: [42, 123, 215], min_length=1)
     methods: list[Method] = Field(default_factory=lambda: list(METHODS))
