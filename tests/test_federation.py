@@ -23,7 +23,7 @@ from rich.console import Console
 from fedgin.checkpoints import load_checkpoint, load_model
 from fedgin.config import ClientSpec, DataSpec, RunConfig, dump_toml
 from fedgin.errors import ConfigError
-from fedgin.federation import run_federation
+from fedgin.federation import FederationError, run_federation
 from fedgin.federation.client import client_run_config, client_spec, proximal_term, train_round
 from fedgin.federation.server import initial_state
 from fedgin.federation.simulation import check_federation, federate_command
@@ -268,10 +268,13 @@ def test_server_killed_mid_round_resumes_to_the_same_weights(
 
 
 def test_faulty_clients_are_left_out_fedprox_fedbn(
-    caches: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    caches: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ct = [{"cache": caches["ct"]}]
     missing = [{"cache": tmp_path / "no-such-cache"}]  # this site raises while loading its data
+    # A missing cache is refused before Ray starts (test_federation_failures.py); without that check the
+    # site fails inside its ClientApp, as one whose disk goes away mid-run would.
+    monkeypatch.setattr("fedgin.federation.simulation.check_sites", lambda config: None)
     clients = [
         {"name": name, "data": data}
         for name, data in (("crash", missing), ("ct", ct), ("mri", [{"cache": caches["t2"]}]), ("nan", ct))
@@ -286,9 +289,15 @@ def test_faulty_clients_are_left_out_fedprox_fedbn(
         proximal_mu=0.1,
         fedbn=True,
     )
-    with caplog.at_level("WARNING", logger="fedgin.federation"):
-        result = run_federation(config, client_app=faulty_app())
-    assert result.rounds == 1
+    # 'crash' and 'nan' are left out of the run's only round: the run fails once its results are written.
+    with (
+        caplog.at_level("WARNING", logger="fedgin.federation"),
+        pytest.raises(FederationError, match="2 of 4 sites contributed to none of the 1 round") as raised,
+    ):
+        run_federation(config, client_app=faulty_app())
+    assert "site 'crash': client error: client crash: DataError" in str(raised.value)
+    assert "site 'nan': non-finite weights" in str(raised.value)
+    assert load_checkpoint(config.output / "checkpoints" / "last.pt")["round"] == 1
     (row,) = rounds_csv(config.output)
     assert row["clients"] == "2"
     assert "examples_crash" not in row and "examples_nan" not in row
@@ -325,8 +334,8 @@ def test_slow_client_is_left_out_after_the_round_timeout(caches: dict[str, Path]
     ]
     config = fl_config(caches, tmp_path / "timeout", clients=clients, rounds=1, round_timeout_s=40)
     started = time.perf_counter()
-    result = run_federation(config, client_app=slow_app())
-    assert result.rounds == 1
+    with pytest.raises(FederationError, match="site 'slow': left out of every round"):
+        run_federation(config, client_app=slow_app())  # 'slow' never contributed to the only round
     (row,) = rounds_csv(config.output)
     assert row["clients"] == "2" and "no reply before the round timeout" in row["left_out"]
     assert float(row["seconds"]) < SLOW_CLIENT_S

@@ -20,6 +20,7 @@ from fedgin.cache import (
     PREPARE_FILE,
     geometry_file,
     read_index,
+    row_problem,
     write_index,
 )
 from fedgin.config import Modality, PreprocessConfig
@@ -211,8 +212,9 @@ def prepare(
         case_fingerprint = fingerprint(case, config)
         existing = rows.get(case.uid)
         if existing is not None:
-            files_exist = all((out / existing[key]).exists() for key in ("image_file", "label_file"))
-            if existing["fingerprint"] == case_fingerprint and files_exist:
+            # A case whose arrays are missing, truncated or disagree with its row is prepared again.
+            usable = row_problem(out, existing) is None
+            if existing["fingerprint"] == case_fingerprint and usable:
                 report.skipped.append(case.uid)
                 continue
             other = Path(existing["source_image"])
@@ -255,10 +257,42 @@ def prepare(
     return report
 
 
+#: prctl(2) option: the signal a process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: SIGKILL when the prepare process dies, however it dies (even SIGKILL).
+
+    Without it a killed `fedgin prepare` leaves its workers running as orphans, and with them the
+    multiprocessing resource tracker, which exits only once every process holding its pipe is gone.
+    """
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the death signal was set
+        os._exit(1)
+
+
 def _run_pool(todo, out, config, workers, finish, advance) -> None:
     """Keep at most 2 x workers cases in flight: memory stays at about one volume per worker."""
+    import os
+
     # spawn: forking a process that already runs torch threads can deadlock.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
     in_flight: dict[Future, SourceCase] = {}
     try:
         while todo or in_flight:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
+import re
+import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,6 +33,15 @@ from fedgin.training.trainer import write_history
 
 #: Seconds the server waits for enough clients to connect before a round fails.
 NODE_TIMEOUT_S = 120.0
+
+
+class FederationInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended the federation; the message says which round is kept and how to continue."""
+
+
+class _Stopped(Exception):
+    """Raised in the server's thread to end its round loop after a Ctrl-C (an Exception, so that Flower's
+    ServerApp thread takes it as the app's end instead of printing a traceback)."""
 
 
 @dataclass
@@ -104,6 +117,103 @@ class FederationServer:
             self.best_score = float(checkpoint.get("best_score", -math.inf))
             self.best_round = int(checkpoint.get("best_round", -1))
         self.seconds = 0.0
+        #: Set by `interrupt()` (Ctrl-C in the driver): the round in progress is abandoned, not committed.
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        #: Why each site was last left out of a round (this process's rounds; names from client errors).
+        self.left_out_reasons: dict[str, str] = {}
+
+    def interrupt(self, grace_s: float = 5.0) -> bool:
+        """Stop the round loop from another thread; True once the server's thread has ended.
+
+        The loop stops at once while it waits for replies or between rounds, and a round whose replies are
+        all in is finished and committed if that takes at most `grace_s` (a round is committed, or not,
+        as a whole: last.pt is replaced in one step). After that the thread is stopped where it is.
+        """
+        self.stopping.set()
+        thread = self.thread
+        if thread is None or thread is threading.current_thread() or thread.ident is None:
+            return True
+        thread.join(grace_s)
+        if thread.is_alive():
+            stop = ctypes.py_object(_Stopped)
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), stop)
+            thread.join(2.0)
+        return not thread.is_alive()
+
+    def interrupted_message(self) -> str:
+        """What the user reads after a Ctrl-C: the round kept and how to continue."""
+        if self.round == 0:
+            return f"interrupted before round 1 finished; start again with --overwrite ({self.run_dir})"
+        rounds = "round 1 is" if self.round == 1 else f"rounds 1-{self.round} are"
+        last = self.run_dir / "checkpoints" / "last.pt"
+        return f"interrupted: {rounds} kept in {last}; continue with --resume"
+
+    def never_contributed(self) -> dict[str, str]:
+        """Sites (by name) with no accepted update in any round of the run, with why they were left out."""
+        if not self.history:
+            return {}
+        clients = self.config.federation.clients
+        names = {spec.name for spec in clients}
+        # A node that never replied has no name (a round timeout, an error raised outside fedgin's client).
+        unnamed = ", ".join(f"{n}: {r}" for n, r in self.left_out_reasons.items() if n not in names)
+        missing = {}
+        for spec in clients:
+            if any(f"examples_{spec.name}" in row for row in self.history):
+                continue
+            reason = self.left_out_reasons.get(spec.name)
+            if reason is None:
+                sampled = self.config.federation.fraction_train >= 1.0 or any(
+                    spec.name in str(row.get("left_out", "")) for row in self.history
+                )
+                if not sampled:
+                    continue  # never sampled (fraction_train < 1) rather than failing
+                reason = "left out of every round" + (
+                    f" (left out without a site name: {unnamed})" if unnamed else " (see rounds.csv)"
+                )
+            missing[spec.name] = reason
+        return missing
+
+    def check_contributions(self) -> None:
+        """FederationError naming every site that contributed to no round (after the results are written)."""
+        missing = self.never_contributed()
+        if missing:
+            rounds = len(self.history)
+            sites = "; ".join(f"site {name!r}: {reason}" for name, reason in missing.items())
+            raise FederationError(
+                f"{len(missing)} of {len(self.config.federation.clients)} sites contributed to none of the "
+                f"{rounds} round{'s' if rounds != 1 else ''} ({sites}); the results in {self.run_dir} come "
+                "from the other sites only"
+            )
+
+    def _site_name(self, name: str, reason: str) -> str:
+        """A left-out reply's site: its name, or for a node never heard from, the site its error names."""
+        names = {spec.name for spec in self.config.federation.clients}
+        if name in names:
+            return name
+        for found in re.findall(r"client ([A-Za-z0-9_.-]+):", reason):
+            if found in names:
+                return found
+        return name
+
+    def exchange(self, grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
+        """Grid.send_and_receive that also ends (with _Stopped) as soon as `interrupt()` is called."""
+        pending = set(grid.push_messages(messages))
+        interval = float(getattr(grid, "pull_interval", 3.0))
+        deadline = time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            if self.stopping.is_set():
+                raise _Stopped()
+            received = list(grid.pull_messages(pending))
+            replies.extend(received)
+            pending.difference_update(message.metadata.reply_to_message_id for message in received)
+            if not pending or time.monotonic() >= deadline:
+                break
+            self.stopping.wait(min(interval, max(0.0, deadline - time.monotonic())))
+        if self.stopping.is_set():  # replies cut short by the interrupt: the round is not committed
+            raise _Stopped()
+        return replies
 
     @property
     def result(self) -> FederationResult:
@@ -144,6 +254,7 @@ class FederationServer:
     def main(self, grid: Grid, context: Context) -> None:
         """The ServerApp's main: one iteration per round from the last completed one."""
         config, federation = self.config, self.config.federation
+        self.thread = threading.current_thread()
         started = time.perf_counter()
         strategy = build_strategy(config, norm_keys(self.model) if federation.fedbn else set())
         validation = server_validation(config)
@@ -162,6 +273,8 @@ class FederationServer:
                 "rounds", total=federation.rounds, completed=self.round, status="starting clients"
             )
             while self.round < last:
+                if self.stopping.is_set():
+                    raise _Stopped()
                 row = self.run_round(grid, strategy, validation, settings, self.round + 1)
                 summary = (
                     f"round {row['round']}: {row['clients']} clients, loss {row['train_loss']:.4f}, "
@@ -188,10 +301,12 @@ class FederationServer:
         reference = self.state
         arrays = to_record(self.state, dtype=self.config.federation.update_dtype)
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(settings)), grid)
-        replies = grid.send_and_receive(messages, timeout=self.config.federation.round_timeout_s)
+        replies = self.exchange(grid, messages, timeout=self.config.federation.round_timeout_s)
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         reports = strategy.reports
-        left_out = "; ".join(f"{r.name}: {r.reason}" for r in reports if not r.accepted)
+        rejected = {self._site_name(r.name, r.reason): r.reason for r in reports if not r.accepted}
+        self.left_out_reasons.update(rejected)
+        left_out = "; ".join(f"{name}: {reason}" for name, reason in rejected.items())
         if aggregated is None:
             raise FederationError(
                 f"round {server_round}: fewer than {self.config.federation.min_clients} valid client replies"

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -13,9 +19,22 @@ from flwr.serverapp import ServerApp
 from rich.console import Console
 
 from fedgin.config import RunConfig, dump_toml
-from fedgin.errors import ConfigError
-from fedgin.federation.server import FederationResult, FederationServer
+from fedgin.errors import ConfigError, DataError, FedginError
+from fedgin.federation.client import client_run_config
+from fedgin.federation.screening import FederationError
+from fedgin.federation.server import (
+    FederationInterrupted,
+    FederationResult,
+    FederationServer,
+    server_validation,
+)
+from fedgin.training.data import build_train_slices
 from fedgin.training.trainer import prepare_run_dir
+
+#: Seconds a Ctrl-C waits for the server thread to end its round cleanly before it is stopped.
+INTERRUPT_GRACE_S = 5.0
+#: Seconds Ray's processes get to end after ray.shutdown() before they are killed.
+RAY_EXIT_WAIT_S = 2.0
 
 
 def check_federation(config: RunConfig) -> None:
@@ -30,6 +49,31 @@ def check_federation(config: RunConfig) -> None:
         raise ConfigError(
             f"federation.min_clients is {federation.min_clients} but only {len(names)} clients are configured"
         )
+
+
+def check_sites(config: RunConfig) -> None:
+    """Open every site's caches and the server's evaluation caches before Flower and Ray start.
+
+    A simulated site whose cache is missing or holds no training cases for its data spec would otherwise
+    be left out of every round; refuse the run with one line naming the site and the cache instead. The
+    check builds each site's training set as its ClientApp does (splits, domains, skip/max cases).
+    """
+    for spec in config.federation.clients:
+        try:
+            train_set = build_train_slices(client_run_config(config, spec, 1))
+        except DataError as error:
+            raise DataError(error.path, f"{error.problem} (site {spec.name!r})") from None
+        except FedginError as error:
+            raise ConfigError(f"site {spec.name!r}: {error}") from None
+        if len(train_set) == 0:
+            caches = ", ".join(str(data.cache) for data in spec.data)
+            raise ConfigError(f"site {spec.name!r}: no training slices in {caches}")
+    try:
+        server_validation(config)
+    except DataError as error:
+        raise DataError(error.path, f"{error.problem} (the server's evaluation cases)") from None
+    except FedginError as error:
+        raise ConfigError(f"server evaluation: {error}") from None
 
 
 def flower_environment(run_dir: Path) -> dict[str, str]:
@@ -76,13 +120,17 @@ def run_federation(
     One virtual SuperNode per entry of `federation.clients` (partition id = position in the list).
     `stop_after` ends the call after that round (as if the server were killed; used to test resuming);
     `client_app` replaces fedgin's ClientApp (fault injection in tests).
-    """
-    from flwr.simulation import run_simulation
 
+    Every site's caches are checked before Flower and Ray start. A site left out of one round is only
+    reported; a site that contributed to no round of the run raises FederationError once the results are
+    written. Ctrl-C (KeyboardInterrupt) ends the round in progress without committing it, shuts Ray down
+    and raises FederationInterrupted; checkpoints/last.pt keeps the last finished round for `--resume`.
+    """
     from fedgin.federation.client import app as default_client_app
 
     console = console or Console()
     check_federation(config)
+    check_sites(config)
     run_dir = config.output
     resume_from = prepare_run_dir(run_dir, resume, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,27 +147,166 @@ def run_federation(
         f"{' + FedBN' if federation.fedbn else ''}, {federation.rounds} rounds, GIN "
         f"{'on' if config.gin.enabled else 'off'}"
     )
+    started = time.perf_counter()
+    if server.round < federation.rounds:
+        _simulate(config, server, client_app or default_client_app)
+    server.write_summary(time.perf_counter() - started, engine="simulation")
+    server.check_contributions()
+    return server.result
+
+
+def _simulate(config: RunConfig, server: FederationServer, client_app: ClientApp) -> None:
+    """The rounds on Flower's simulation engine, with Ray out of reach of Ctrl-C and shut down after."""
+    from flwr.simulation import run_simulation
+
     server_app = ServerApp()
     server_app.main()(server.main)
-    started = time.perf_counter()
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level
-    # Flower's own notices (run_simulation's deprecation, skipped federated evaluation) are not the user's
-    # concern; fedgin reports left-out clients and failed rounds itself.
-    flwr_logger.setLevel(logging.ERROR)
+    # Flower's own notices and its tracebacks of client errors (one per failing client and round) are not
+    # the user's concern: fedgin reports left-out clients (one line each) and failed rounds itself.
+    flwr_logger.setLevel(logging.CRITICAL)
+    ray_processes = RayProcesses()
     try:
-        if server.round < federation.rounds:
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app or default_client_app,
-                num_supernodes=len(federation.clients),
-                backend_config=backend_config(config),
-            )
+        start_ray(config)
+        ray_processes.watch()
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(config.federation.clients),
+            backend_config=backend_config(config),
+        )
+    except KeyboardInterrupt:
+        with _sigint_ignored():  # a second Ctrl-C does not cut the clean-up short
+            server.interrupt(INTERRUPT_GRACE_S)
+            _stop_ray()
+        raise FederationInterrupted(server.interrupted_message()) from None
+    except RuntimeError as error:
+        if str(error) != "An error was encountered. Ending simulation.":
+            raise
+        # Flower's wrapper around what broke the simulation engine (Ray failed to start, no actor fits).
+        cause: BaseException = error
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise FederationError(
+            f"the simulation engine failed: {type(cause).__name__}: {cause}; the last completed round is "
+            "kept in checkpoints/last.pt (continue with --resume)"
+        ) from error
     finally:
         flwr_logger.setLevel(previous_level)
+        with _sigint_ignored():
+            ray_processes.stop(RAY_EXIT_WAIT_S)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored for the block (only the main thread may change signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def start_ray(config: RunConfig) -> None:
+    """Start Ray as Flower would, but with SIGINT blocked in every process it starts.
+
+    A Ctrl-C in a terminal goes to the whole process group: Ray's workers would die mid-round (an
+    ActorDiedError per client) and its raylet might go before the driver could shut it down. With SIGINT
+    blocked while Ray starts its processes (the mask is inherited by them and by the workers they start),
+    only the driver gets the interrupt, and it stops Ray itself. A Ctrl-C during the start stays pending
+    and is raised as soon as Ray is up.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    # What Flower's RayBackend.init_ray does: the workers must import fedgin and the test's ClientApps.
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    # FLWR_LOG_LEVEL: Flower's log in the workers only ("Manually terminating ClientAppActor" at every end
+    # of a run); not in os.environ, where it would silence the Flower processes of a later deployment.
+    workers_env = {"PYTHONPATH": pythonpath, "FLWR_LOG_LEVEL": "ERROR"}
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        ray.init(runtime_env={"env_vars": workers_env}, **backend_config(config)["init_args"])
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+class RayProcesses:
+    """The processes Ray starts under this one, recorded while the simulation runs, stopped at its end.
+
+    ray.shutdown() stops the raylet and the GCS, but a worker busy training (after a Ctrl-C, or a client
+    still running past the round timeout) outlives them for as long as its local training takes, orphaned
+    and out of reach of `descendants()`. So they are recorded every second while Ray runs and killed if
+    still alive shortly after ray.shutdown(). A process is known by pid and start time, so that a pid
+    reused by another process is never signalled.
+    """
+
+    def __init__(self) -> None:
+        self.before = {pid for pid, _ in _ray_descendants()}
+        self.seen: set[tuple[int, str]] = set()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def record(self) -> None:
+        self.seen.update(process for process in _ray_descendants() if process[0] not in self.before)
+
+    def watch(self, interval_s: float = 1.0) -> None:
+        """Record in a background thread (Ray starts its workers while the rounds run)."""
+        self.record()
+
+        def loop() -> None:
+            while not self._done.wait(interval_s):
+                self.record()
+
+        self._thread = threading.Thread(target=loop, name="fedgin-ray-processes", daemon=True)
+        self._thread.start()
+
+    def stop(self, wait_s: float) -> None:
+        """ray.shutdown(), then SIGKILL for Ray's processes still alive `wait_s` later."""
+        self._done.set()
+        if self._thread is not None:
+            self.record()
         _stop_ray()
-    server.write_summary(time.perf_counter() - started, engine="simulation")
-    return server.result
+        deadline = time.monotonic() + wait_s
+        while (alive := [p for p in self.seen if _start_time(p[0]) == p[1]]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid, _ in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (field 22 of /proc/PID/stat); None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _ray_descendants() -> list[tuple[int, str]]:
+    """(pid, start time) of this process's descendants that belong to Ray (Linux /proc; [] elsewhere)."""
+    from fedgin.federation.deployment import descendants
+
+    found = []
+    for pid in descendants(os.getpid()) if Path("/proc/self/stat").exists() else []:
+        try:
+            if b"ray" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        started = _start_time(pid)
+        if started is not None:
+            found.append((pid, started))
+    return found
 
 
 def _stop_ray() -> None:
