@@ -109,6 +109,18 @@ def start_site(tmp_path: Path, certs, address: str, logs: Path, env, trusted: Pa
     return dep.start("supernode", command, logs, env, cwd=tmp_path)
 
 
+def start_superlink(
+    tmp_path: Path, certs, address: str, logs: Path, env, processes: list, *extra: str
+) -> dep.Process:
+    """`fedgin deploy superlink` on loopback, added to `processes` (stopped by the caller) before it is up."""
+    command = fedgin("deploy", "superlink", "--certs", certs.directory, "--port", address.split(":")[1],
+                     "--state", tmp_path / "server", *extra)  # fmt: skip
+    link = dep.start("superlink", command, logs, env, cwd=tmp_path)
+    processes.append(link)
+    wait_for(lambda: "Uvicorn running on https://" in link.text(), 30, "the SuperLink")
+    return link
+
+
 def register(certs, address: str, state: Path, env) -> None:
     subprocess.run(
         fedgin("deploy", "register", certs.supernode("ct").public_key, "--site", "ct", "--superlink", address,
@@ -126,14 +138,7 @@ def test_guarded_superlink_admits_only_signed_apps(tmp_path: Path) -> None:
     env = dep.flower_env(tmp_path / "unused-home")
     processes: list[dep.Process] = []
     try:
-        link = dep.start(
-            "superlink",
-            fedgin("deploy", "superlink", "--certs", certs.directory, "--port", address.split(":")[1],
-                   "--state", tmp_path / "server"),
-            logs, env, cwd=tmp_path,
-        )  # fmt: skip
-        processes.append(link)
-        wait_for(lambda: "Uvicorn running on https://" in link.text(), 30, "the SuperLink")
+        link = start_superlink(tmp_path, certs, address, logs, env, processes)
         register(certs, address, tmp_path / "server", env)
         processes.append(start_site(tmp_path, certs, address, logs, env, operator.public_key))
         wait_for(lambda: "SuperNode ID" in processes[1].text(), 60, "the SuperNode")
@@ -191,14 +196,7 @@ def test_site_refuses_an_unsigned_app_even_from_its_superlink(tmp_path: Path) ->
     env = dep.flower_env(tmp_path / "unused-home")
     processes: list[dep.Process] = []
     try:
-        link = dep.start(
-            "superlink",
-            fedgin("deploy", "superlink", "--certs", certs.directory, "--port", address.split(":")[1],
-                   "--state", tmp_path / "server", "--allow-unsigned-apps"),
-            logs, env, cwd=tmp_path,
-        )  # fmt: skip
-        processes.append(link)
-        wait_for(lambda: "Uvicorn running on https://" in link.text(), 30, "the SuperLink")
+        start_superlink(tmp_path, certs, address, logs, env, processes, "--allow-unsigned-apps")
         register(certs, address, tmp_path / "server", env)
         site = start_site(tmp_path, certs, address, logs, env, operator.public_key)
         processes.append(site)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,31 +25,13 @@ from fedgin.cli import app
 from fedgin.federation import deployment as dep
 from fedgin.federation.certificates import make_dev_certificates
 from fedgin.federation.supervisor import supervise
+from test_deployment import fedgin, free_port, wait_for
 
 runner = CliRunner()
 
 
 def invoke(*args: object):
     return runner.invoke(app, [str(arg) for arg in args])
-
-
-def fedgin(*args: object) -> list[str]:
-    return [str(Path(sys.executable).parent / "fedgin"), *(str(arg) for arg in args)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def one_error_line(output: str) -> str:
