@@ -98,7 +98,7 @@ def prepared_cache(data: Path, out: Path, preprocess: PreprocessConfig, workers:
 # -- memory of a process tree (the benchmark's subprocess with Ray's processes) ----------------------------
 def process_tree(root: int) -> list[int]:
     """`root` and all its descendants (Ray's GCS, raylet and workers included)."""
-    from fedgin.federation.deployment import descendants
+    from fedgin.processes import descendants
 
     return [root, *descendants(root)]
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,29 +22,15 @@ from fedgin.errors import ConfigError, DataError
 from fedgin.federation import run_federation
 from fedgin.federation.client import CONFIG_KEY, client_spec, train_round
 from fedgin.federation.simulation import check_sites
+from test_federation import fl_config
 
 
 def tiny_config(
     caches: dict[str, Path], output: Path, clients: list[dict], **federation: object
 ) -> RunConfig:
-    """A two-round federation of a tiny U-Net over the session's synthetic caches."""
-    return RunConfig(
-        name="fl-failures",
-        seed=3,
-        output=output,
-        model={"channels": (4, 8), "strides": (2,), "num_res_units": 1},
-        train={"batch_size": 4, "device": "cpu"},
-        federation={
-            "rounds": 2,
-            "local_steps": 1,
-            "min_clients": 2,
-            "client_validation": False,
-            "round_timeout_s": 120,
-            "clients": clients,
-            "server_eval": [{"cache": caches["ct"]}],
-            **federation,
-        },
-    )
+    """test_federation's tiny federation with one local step, no site validation, CT-only server eval."""
+    quick = {"local_steps": 1, "client_validation": False, "server_eval": [{"cache": caches["ct"]}]}
+    return fl_config(caches, output, clients, **{**quick, **federation})
 
 
 def two_sites(caches: dict[str, Path]) -> list[dict]:
@@ -99,7 +84,6 @@ def test_cli_refuses_a_site_with_a_missing_cache_in_one_line(caches: dict[str, P
     clients = [*two_sites(caches), {"name": "lost", "data": [{"cache": tmp_path / "lost-cache"}]}]
     config = tiny_config(caches, tmp_path / "run", clients)
     dump_toml(config, tmp_path / "fl.toml")
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "fedgin", "federate", "--config", str(tmp_path / "fl.toml")],
         capture_output=True,
@@ -116,7 +100,6 @@ def test_cli_refuses_a_site_with_a_missing_cache_in_one_line(caches: dict[str, P
     assert len(lines) == 1, result.stderr
     assert "lost-cache/index.csv" in lines[0] and "'lost'" in lines[0] and lines[0].startswith("error:")
     assert "Traceback" not in result.stdout + result.stderr
-    assert time.monotonic() - started < 60  # no Ray start-up, no rounds
     assert not config.output.exists()
 
 

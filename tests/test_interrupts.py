@@ -13,29 +13,16 @@ from pathlib import Path
 import pytest
 
 from fedgin.checkpoints import load_checkpoint
-from fedgin.config import PreprocessConfig, RunConfig, SynthConfig, dump_toml
-from fedgin.federation.deployment import descendants
+from fedgin.config import PreprocessConfig, SynthConfig, dump_toml
 from fedgin.prepare import prepare
+from fedgin.processes import alive, descendants
 from fedgin.synth import generate
+from test_deployment import fedgin
+from test_federation import fl_config
 
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 #: The seconds a Ctrl-C may take to end `fedgin federate` (Ray shut down included).
 INTERRUPT_LIMIT_S = 20.0
-
-
-def fedgin_command(*args: str) -> list[str]:
-    """The installed `fedgin` script beside this interpreter (as a user runs it), else `python -m fedgin`."""
-    script = Path(sys.executable).with_name("fedgin")
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "fedgin", *args]
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie, dead but not yet reaped by its new parent, counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def survivors(pids: list[int], within_s: float) -> list[int]:
@@ -64,31 +51,18 @@ def test_ctrl_c_stops_federate_in_seconds_and_resume_finishes(
     caches: dict[str, Path], tmp_path: Path
 ) -> None:
     """SIGINT to the process group (what Ctrl-C in a terminal does) after round 1 of 3 is written."""
-    config = RunConfig(
-        name="fl-ctrl-c",
-        seed=5,
-        output=tmp_path / "run",
-        model={"channels": (4, 8), "strides": (2,), "num_res_units": 1},
-        train={"batch_size": 4, "device": "cpu"},
-        federation={
-            "rounds": 3,
-            "local_steps": 2,
-            "min_clients": 2,
-            "client_validation": False,
-            "clients": [
-                {"name": "ct", "data": [{"cache": caches["ct"]}]},
-                {"name": "mri", "data": [{"cache": caches["t2"]}]},
-            ],
-            "server_eval": [{"cache": caches["ct"]}, {"cache": caches["t2"]}],
-        },
-    )
+    clients = [
+        {"name": "ct", "data": [{"cache": caches["ct"]}]},
+        {"name": "mri", "data": [{"cache": caches["t2"]}]},
+    ]
+    config = fl_config(caches, tmp_path / "run", clients, rounds=3, client_validation=False)
     config_path = tmp_path / "fl.toml"
     dump_toml(config, config_path)
     last = config.output / "checkpoints" / "last.pt"
     stderr = tmp_path / "federate.err"
     with open(tmp_path / "federate.out", "w") as out, open(stderr, "w") as err:
         server = subprocess.Popen(
-            fedgin_command("federate", "--config", str(config_path)),
+            fedgin("federate", "--config", str(config_path)),
             stdout=out,
             stderr=err,
             env=ENV,
@@ -102,13 +76,10 @@ def test_ctrl_c_stops_federate_in_seconds_and_resume_finishes(
         assert server.poll() is None and last.exists(), stderr.read_text()
         tree = descendants(server.pid)  # Ray's GCS, raylet, agents and the ClientApp actors
         assert len(tree) >= 3, tree
-        interrupted_at = time.monotonic()
         os.killpg(server.pid, signal.SIGINT)
-        code = server.wait(timeout=INTERRUPT_LIMIT_S + 30)
-        took = time.monotonic() - interrupted_at
+        code = server.wait(timeout=INTERRUPT_LIMIT_S)  # a hang fails here (TimeoutExpired)
         errors = stderr.read_text()
         assert code == 130, errors
-        assert took < INTERRUPT_LIMIT_S, f"{took:.1f} s"
         lines = errors.strip().splitlines()
         assert len(lines) == 1, errors  # one short message: no traceback, no ActorDiedError, no Ray noise
         assert lines[0].startswith("interrupted:") and "--resume" in lines[0] and str(last) in lines[0]
@@ -121,7 +92,7 @@ def test_ctrl_c_stops_federate_in_seconds_and_resume_finishes(
     assert [int(row["round"]) for row in read_rounds(config.output)] == list(range(1, kept + 1))
 
     resumed = subprocess.run(
-        fedgin_command("federate", "--config", str(config_path), "--resume"),
+        fedgin("federate", "--config", str(config_path), "--resume"),
         capture_output=True,
         text=True,
         env=ENV,
@@ -140,7 +111,7 @@ def test_sigkill_of_prepare_takes_its_workers_and_resource_tracker(tmp_path: Pat
     synth = SynthConfig(subjects=16, seed=11, shape=(96, 96, 48), spacing=(3, 3, 5), modalities=["ct"])
     generate(synth, "totalseg", data, progress=False)
     index = cache / "index.csv"
-    command = fedgin_command(
+    command = fedgin(
         "prepare", "--source", "totalseg-ct", "--root", str(data), "--out", str(cache), "--workers", "2"
     )
     process = subprocess.Popen(

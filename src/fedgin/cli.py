@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from fedgin.errors import ConfigError, DataError, FedginError
+from fedgin.errors import ConfigError, DataError, FedginError, os_error_line, value_error_line
 
 app = typer.Typer(
     name="fedgin",
@@ -27,36 +28,38 @@ error_console = Console(stderr=True)
 CommandT = TypeVar("CommandT", bound=Callable[..., Any])
 
 
+def print_error(message: str) -> None:
+    """One `error: ...` line on stderr."""
+    # escape(): messages quote TOML tables like [preprocess], which rich would take for markup
+    error_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def user_errors(command: CommandT) -> CommandT:
     """Show a FedginError as one line on stderr and exit 2, instead of a traceback.
 
     An OSError (a read-only or full output folder, a path through a file) or a ValueError is shown as one
     line too, naming the path when the exception has one (exit 2 as well); set FEDGIN_TRACEBACK=1 to see
-    its traceback instead. Every other exception is a fedgin bug and keeps its traceback.
+    its traceback instead. Every other exception is a fedgin bug and keeps its traceback. Ctrl-C exits 130
+    with the interrupt's own message when it has one (a federation names the round it kept).
     """
-
-    def fail(message: str, code: int) -> typer.Exit:
-        # escape(): messages quote TOML tables like [preprocess], which rich would take for markup
-        error_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-        return typer.Exit(code)
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import os
-
-        from fedgin.errors import os_error_line, value_error_line
-
         try:
             return command(*args, **kwargs)
         except FedginError as error:
-            raise fail(str(error), 2) from None
+            print_error(str(error))
+            raise typer.Exit(2) from None
         except (OSError, ValueError) as error:
             if os.environ.get("FEDGIN_TRACEBACK"):
                 raise
-            line = os_error_line(error) if isinstance(error, OSError) else value_error_line(error)
-            raise fail(line, 2) from None
-        except KeyboardInterrupt:
-            error_console.print("interrupted: finished work is kept; run the same command again to resume")
+            print_error(os_error_line(error) if isinstance(error, OSError) else value_error_line(error))
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as interrupt:
+            message = (
+                str(interrupt) or "interrupted: finished work is kept; run the same command again to resume"
+            )
+            error_console.print(escape(message), highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -187,15 +190,10 @@ def federate(
 ) -> None:
     """Run a federation (FedAvg/FedProx/FedBN with GIN) on Flower's simulation engine."""
     from fedgin.federation import federate_command
-    from fedgin.federation.server import FederationInterrupted
 
-    try:
-        federate_command(
-            config, resume=resume, overwrite=overwrite, output=output, rounds=rounds, console=console
-        )
-    except FederationInterrupted as interrupted:  # Ray is down; the message names the round kept
-        error_console.print(escape(str(interrupted)), highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+    federate_command(
+        config, resume=resume, overwrite=overwrite, output=output, rounds=rounds, console=console
+    )
 
 
 @app.command()
@@ -217,6 +215,7 @@ def certs(
     Over an existing folder only the missing sites' key pairs are added; the CA, the server certificate
     and the existing key pairs are kept (--overwrite replaces them all).
     """
+    from fedgin.federation.app_signing import publisher_key
     from fedgin.federation.certificates import make_dev_certificates
 
     names = [name.strip() for name in sites.split(",") if name.strip()]
@@ -231,20 +230,10 @@ def certs(
     for keys in made.supernodes:
         state = "kept" if keys.name in made.kept_sites else "new"
         console.print(f"  {keys.name} ({state}): {keys.private_key} / {keys.public_key}", soft_wrap=True)
-    publisher = _publisher_key(out)
+    publisher = publisher_key(out)
     console.print(
         f"  app signing: {publisher.private_key} (operator only) / {publisher.public_key} (for every site)"
     )
-
-
-def _publisher_key(out: Path) -> Any:
-    """The operator's app-signing key in `out`: made once, kept afterwards (sites trust its public half)."""
-    from fedgin.federation.app_signing import PublisherKey, make_publisher_key
-
-    existing = PublisherKey(out / "publisher.key", out / "publisher.pub", out / "trusted-publishers.yaml")
-    if all(path.is_file() for path in (existing.private_key, existing.public_key, existing.trusted)):
-        return existing
-    return make_publisher_key(out)
 
 
 deploy_app = typer.Typer(
@@ -341,7 +330,6 @@ def deploy_register(
     """Allow one site's SuperNode key on the SuperLink (operator)."""
     from fedgin.federation import deployment as dep
     from fedgin.federation.preflight import check_ca_certificate, check_supernode_public_key
-    from fedgin.federation.registration import register_supernode
 
     check_supernode_public_key(public_key)
     if ca_cert is not None and not insecure:
@@ -352,7 +340,7 @@ def deploy_register(
     console.print(dep.format_command(command), highlight=False, soft_wrap=True)
     if dry_run:
         return
-    node_id = register_supernode(command, env, what=f"site {site} ({public_key}) on {superlink}")
+    node_id = dep.register_supernode(command, env, what=f"site {site} ({public_key}) on {superlink}")
     done = f"registered site {site} ({public_key}) as SuperNode {node_id} on {superlink}"
     console.print(done, highlight=False, soft_wrap=True)
 
@@ -440,7 +428,7 @@ def deploy_supernode(
         command, env, timeout_s=activation_timeout, not_ready_hint=not_ready, refused_hint=refused
     )
     if outcome.error:
-        error_console.print(f"[bold red]error:[/] {escape(outcome.error)}", highlight=False, soft_wrap=True)
+        print_error(outcome.error)
     raise typer.Exit(outcome.code)
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedgin.errors import ConfigError
+from fedgin.errors import ConfigError, validation_problems
 
 Modality = Literal["ct", "mri"]
 #: Synthetic contrasts the embedded generator renders (SPEC section 5).
@@ -218,10 +218,7 @@ def validate(raw: dict, model: type[SettingsT], source: str = "configuration") -
         return model.model_validate(raw)
     except ValidationError as error:
         names = sorted(_setting_names(model))
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {_problem(item, names)}"
-            for item in error.errors()
-        )
+        problems = validation_problems(error, lambda item: _problem(item, names))
         raise ConfigError(f"{source}: {problems}") from None
 
 

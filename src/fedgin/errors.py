@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class FedginError(Exception):
@@ -58,9 +60,14 @@ def value_error_line(error: ValueError) -> str:
     from pydantic import ValidationError
 
     if isinstance(error, ValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {item['msg']}"
-            for item in error.errors()
-        )
-        return f"{error.title}: {problems}"
+        return f"{error.title}: {validation_problems(error)}"
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def validation_problems(error: Any, describe: Callable[[Any], str] | None = None) -> str:
+    """A pydantic ValidationError as one line, `field.path: problem; ...` (`describe` words a problem)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: "
+        f"{describe(item) if describe else item['msg']}"
+        for item in error.errors()
+    )

@@ -14,15 +14,18 @@ import numpy as np
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step (os.replace)."""
+def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one step (os.replace).
+
+    The file gets `mode` before anything is written to it: 0o644 for results the team reads, 0o600 for a
+    private key (never readable by others, not even while it is written).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    # mkstemp creates the file private (0600); results are meant to be read by the team (0644).
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, mode)  # mkstemp makes it 0600
     try:
         yield tmp
         os.replace(tmp, path)
@@ -30,9 +33,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], mode: int = 0o644) -> None:
     """Call `write` with a binary file object whose content becomes `path` only if `write` succeeds."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path, mode) as tmp, open(tmp, "wb") as handle:
         write(handle)
         handle.flush()
         os.fsync(handle.fileno())

@@ -257,27 +257,17 @@ def prepare(
     return report
 
 
-#: prctl(2) option: the signal a process gets when its parent dies (Linux).
-PR_SET_PDEATHSIG = 1
-
-
 def _die_with_parent(parent: int) -> None:
     """Pool worker initializer: SIGKILL when the prepare process dies, however it dies (even SIGKILL).
 
     Without it a killed `fedgin prepare` leaves its workers running as orphans, and with them the
     multiprocessing resource tracker, which exits only once every process holding its pipe is gone.
     """
-    import ctypes
     import os
-    import signal
-    import sys
 
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+    from fedgin.processes import die_with_parent
+
+    die_with_parent()
     if os.getppid() != parent:  # the parent died before the death signal was set
         os._exit(1)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,18 @@ def key_id(public_openssh: str) -> str:
     return "fedgin-" + hashlib.sha256(public_openssh.strip().encode()).hexdigest()[:16]
 
 
+def publisher_key(directory: str | Path) -> PublisherKey:
+    """The operator's key pair in `directory`, made there on the first call and kept afterwards (sites
+    trust its public half, so replacing it would lock every site out of the next run)."""
+    directory = Path(directory)
+    existing = PublisherKey(
+        directory / "publisher.key", directory / "publisher.pub", directory / "trusted-publishers.yaml"
+    )
+    if all(path.is_file() for path in (existing.private_key, existing.public_key, existing.trusted)):
+        return existing
+    return make_publisher_key(directory)
+
+
 def make_publisher_key(directory: str | Path, name: str = "publisher") -> PublisherKey:
     """Write `<name>.key` (private, 0600), `<name>.pub` and `trusted-publishers.yaml` into `directory`."""
     directory = Path(directory)
@@ -78,8 +89,7 @@ def make_publisher_key(directory: str | Path, name: str = "publisher") -> Publis
     keys = PublisherKey(
         directory / f"{name}.key", directory / f"{name}.pub", directory / "trusted-publishers.yaml"
     )
-    atomic_write(keys.private_key, lambda handle: handle.write(pem))
-    os.chmod(keys.private_key, 0o600)
+    atomic_write(keys.private_key, lambda handle: handle.write(pem), mode=0o600)
     atomic_write(keys.public_key, lambda handle: handle.write(f"{public} fedgin-publisher\n".encode()))
     write_trusted(keys.trusted, [keys.public_key])
     return keys
@@ -209,6 +219,7 @@ __all__ = [
     "load_private_key",
     "load_trusted",
     "make_publisher_key",
+    "publisher_key",
     "sign_fab",
     "verify_fab",
     "write_trusted",

@@ -5,12 +5,16 @@ register`, `flwr run`), written for Flower 1.41, where the SuperLink serves its 
 APIs over HTTPS on one `--host:--port`:
 
 - `superlink_command`: TLS (`--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`) and SuperNode
-  authentication (`--enable-supernode-auth`) ON unless `insecure=True` / `auth=False` is asked for.
-- `register_command`: `flwr supernode register <site>.pub` (only registered public keys may connect).
-- `supernode_command`: one per site, `--auth-supernode-private-key`, `--root-certificates`, and the node
-  config `client-name=<site> cache=<local cache>`; the site's cache path never leaves the site.
+  authentication (`--enable-supernode-auth`) ON unless `insecure=True` / `auth=False` is asked for; with
+  `trusted_publishers`, only signed apps run (`fedgin.federation.guarded`).
+- `register_command` + `register_supernode`: `flwr supernode register <site>.pub` (only registered public
+  keys may connect), its JSON answer turned into an exit status.
+- `supernode_command`: one per site, `--auth-supernode-private-key`, `--root-certificates`,
+  `--trusted-entities`, and the node config `client-name=<site> cache=<local cache>`; the site's cache path
+  never leaves the site.
 - `write_app` + `run_command`: the Flower app folder (pyproject.toml pointing at `server_app` and
-  `client_app` below, the run config naming the resolved fedgin config) and `flwr run` against it.
+  `client_app` below, the run config naming the resolved fedgin config) and `flwr run` against it, the
+  FAB signed with the operator's key.
 
 `server_app` runs fedgin's `FederationServer` (rounds.csv, best/last checkpoints in `config.output`);
 `client_app` is fedgin's ClientApp with the site's data taken from the node config. Each reply carries
@@ -21,6 +25,7 @@ and the site's name (ConfigRecord) — no images, labels or paths.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -39,6 +44,8 @@ from rich.console import Console
 from fedgin.config import RunConfig, dump_toml, load_toml
 from fedgin.errors import ConfigError
 from fedgin.federation.client import CONFIG_KEY, client_spec, train_round
+from fedgin.federation.supervisor import one_line
+from fedgin.processes import alive, descendants
 
 #: Name of the SuperLink connection fedgin writes into FLWR_HOME/config.toml.
 CONNECTION = "fedgin"
@@ -134,12 +141,11 @@ def write_superexec_secret(path: str | Path) -> Path:
     """A random SuperExec auth secret (32 bytes, hex, 0600), kept if it exists already."""
     import secrets
 
+    from fedgin.io_utils import atomic_write
+
     path = Path(path)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
+        atomic_write(path, lambda handle: handle.write(secrets.token_hex(32).encode()), mode=0o600)
     return path
 
 
@@ -205,6 +211,52 @@ def register_command(
     if name:
         command += ["--name", name]
     return [*command, "--format", "json"]
+
+
+def _answer(stdout: str) -> dict | None:
+    """The JSON object `flwr ... --format json` printed (after any warnings), or None."""
+    start = stdout.find("{")
+    if start < 0:
+        return None
+    try:
+        answer = json.loads(stdout[start:])
+    except json.JSONDecodeError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def register_supernode(
+    command: list[str], env: dict[str, str], *, what: str, timeout_s: float = 120.0
+) -> int:
+    """Run a `register_command`; the new SuperNode's id, or a one-line ConfigError with Flower's message.
+
+    Flower 1.41 exits 0 even when the registration failed (it prints `{"success": false, "error-message":
+    ...}`: a key already registered, an unreachable SuperLink, a TLS problem), so the answer decides.
+
+    `what` names the registration in the error (e.g. "site ct (certs/supernodes/ct.pub)").
+    """
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(
+            f"registering {what}: no answer from the SuperLink within {timeout_s:.0f} s"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"registering {what}: cannot run {command[0]} ({error.strerror})") from None
+    answer = _answer(done.stdout)
+    if answer is not None and answer.get("success") is True and done.returncode == 0:
+        return int(answer["node-id"])
+    if answer is not None and answer.get("error-message"):
+        message = one_line(str(answer["error-message"]))
+    else:
+        message = (
+            one_line(done.stderr + "\n" + done.stdout) or f"{command[0]} exited with code {done.returncode}"
+        )
+    if "already in use" in message:
+        message += " (that key is registered already: `flwr supernode list` shows the SuperNodes)"
+    raise ConfigError(f"registering {what} failed: {message}")
 
 
 def run_command(
@@ -413,43 +465,10 @@ def start(
     return Process(name, command, log, popen)
 
 
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids, from /proc (Linux)."""
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def descendants(pid: int) -> list[int]:
-    """All processes started under `pid` (Flower detaches SuperExec into its own session)."""
-    tree, found, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _signal(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def stop(process: Process, timeout_s: float = 10.0) -> None:
@@ -460,10 +479,10 @@ def stop(process: Process, timeout_s: float = 10.0) -> None:
     while time.monotonic() < deadline:
         process.popen.poll()
         pids += [pid for pid in descendants(process.pid) if pid not in pids]
-        if not any(_alive(pid) for pid in pids):
+        if not any(alive(pid) for pid in pids):
             break
         time.sleep(0.1)
-    _signal([pid for pid in pids if _alive(pid)], signal.SIGKILL)
+    _signal([pid for pid in pids if alive(pid)], signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.popen.wait(timeout=5)
 
@@ -479,11 +498,11 @@ __all__ = [
     "Process",
     "client_app",
     "deployment_train",
-    "descendants",
     "flower_env",
     "format_command",
     "launch",
     "register_command",
+    "register_supernode",
     "run_command",
     "server_app",
     "site_config",

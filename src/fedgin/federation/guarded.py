@@ -30,6 +30,7 @@ from pathlib import Path
 from fedgin.federation.app_signing import (
     MAX_SIGNATURE_AGE_S,
     SignatureError,
+    load_private_key,
     load_trusted,
     sign_fab,
     verify_fab,
@@ -125,7 +126,7 @@ def run_main(argv: list[str]) -> None:
 
     flower_run = importlib.import_module("flwr.cli.run.run")  # the module (its package exports the function)
 
-    sign_fab(b"", args.publisher_key)  # a bad key fails here, before anything is built or sent
+    load_private_key(args.publisher_key)  # a bad key fails here, before anything is built or sent
 
     def signed_fab(hash_str: str, content: bytes, verifications: dict[str, str]) -> Fab:
         return Fab(hash_str, content, sign_fab(content, args.publisher_key) if content else verifications)

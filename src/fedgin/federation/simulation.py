@@ -28,6 +28,7 @@ from fedgin.federation.server import (
     FederationServer,
     server_validation,
 )
+from fedgin.processes import descendants, start_time
 from fedgin.training.data import build_train_slices
 from fedgin.training.trainer import prepare_run_dir
 
@@ -276,34 +277,23 @@ class RayProcesses:
             self.record()
         _stop_ray()
         deadline = time.monotonic() + wait_s
-        while (alive := [p for p in self.seen if _start_time(p[0]) == p[1]]) and time.monotonic() < deadline:
+        while (alive := [p for p in self.seen if start_time(p[0]) == p[1]]) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid, _ in alive:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time (field 22 of /proc/PID/stat); None when it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 def _ray_descendants() -> list[tuple[int, str]]:
     """(pid, start time) of this process's descendants that belong to Ray (Linux /proc; [] elsewhere)."""
-    from fedgin.federation.deployment import descendants
-
     found = []
-    for pid in descendants(os.getpid()) if Path("/proc/self/stat").exists() else []:
+    for pid in descendants(os.getpid()):
         try:
             if b"ray" not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
         except OSError:
             continue
-        started = _start_time(pid)
+        started = start_time(pid)
         if started is not None:
             found.append((pid, started))
     return found

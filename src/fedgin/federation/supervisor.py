@@ -29,7 +29,6 @@ environment in, an exit status and at most one line of error out.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import signal
@@ -41,6 +40,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fedgin.processes import descendants, die_with_parent, start_time
 
 #: Flower's SuperNode logs this once it is activated (start_client_internal: "SuperNode ID: %s").
 SUPERNODE_READY = "SuperNode ID:"
@@ -86,40 +87,8 @@ class Supervised:
 
 
 # -- process helpers --------------------------------------------------------------------------------------
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
-
-
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time (field 22 of /proc/PID/stat): tells a process from a reused pid."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _descendants(pids: list[int]) -> list[int]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                tree.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], list(pids)
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    die_with_parent(signal.SIGTERM)
 
 
 class _Child:
@@ -153,14 +122,14 @@ class _Child:
 
     def watch(self) -> None:
         """Remember the processes the child started (they outlive it: Flower's SuperExec, ClientApps)."""
-        for pid in _descendants([self.popen.pid]):
-            if pid not in self.known and (started := _start_time(pid)) is not None:
+        for pid in descendants(self.popen.pid):
+            if pid not in self.known and (started := start_time(pid)) is not None:
                 self.known[pid] = started
 
     def _leftovers(self) -> list[int]:
-        alive = [pid for pid, started in self.known.items() if _start_time(pid) == started]
-        for pid in _descendants(alive):
-            if pid not in self.known and (started := _start_time(pid)) is not None:
+        alive = [pid for pid, started in self.known.items() if start_time(pid) == started]
+        for pid in descendants(*alive):
+            if pid not in self.known and (started := start_time(pid)) is not None:
                 self.known[pid] = started
                 alive.append(pid)
         return alive

@@ -178,11 +178,16 @@ def check_input(item: PredictInput, force: bool = False) -> None:
         )
 
 
+def voxel_sample(data: np.ndarray) -> np.ndarray:
+    """An even subsample of at most about MODALITY_SAMPLE voxels, for intensity statistics."""
+    flat = np.asarray(data).reshape(-1)
+    return flat[:: max(1, flat.size // MODALITY_SAMPLE)]
+
+
 def check_looks_like_image(path: Path, data: np.ndarray) -> None:
     """DataError when the voxels look like a label map rather than a scan: whole numbers taking at most
     LABEL_MAP_MAX_VALUES distinct values (an even sample of at most MODALITY_SAMPLE voxels is examined)."""
-    flat = np.asarray(data).reshape(-1)
-    sample = flat[:: max(1, flat.size // MODALITY_SAMPLE)]
+    sample = voxel_sample(data)
     if np.issubdtype(sample.dtype, np.floating) and not np.array_equal(sample, np.round(sample)):
         return
     values = np.unique(sample)
@@ -220,9 +225,7 @@ def load_input(item: PredictInput) -> LoadedInput:
 
 def looks_like_ct(data: np.ndarray) -> tuple[bool, str]:
     """Whether intensities are Hounsfield units (air around -1000), and the numbers that decided it."""
-    flat = np.asarray(data).reshape(-1)
-    step = max(1, flat.size // MODALITY_SAMPLE)
-    sample = flat[::step]
+    sample = voxel_sample(data)
     air = float((sample < CT_AIR_HU).mean())
     low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
     is_ct = air >= CT_MIN_AIR_FRACTION and CT_RANGE_HU[0] <= low and high <= CT_RANGE_HU[1]
