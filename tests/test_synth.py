@@ -51,12 +51,12 @@ def test_labels_cover_every_organ_on_the_right_side(index: int) -> None:
     labels = anatomy.labels()
     assert set(np.unique(labels)) == set(range(6))
     centre_x = (labels.shape[0] - 1) / 2
-    # RAS voxel axes: the patient's left is high x. Liver right, spleen left.
-    assert np.argwhere(labels == ORGAN_INDEX["liver"])[:, 0].mean() < centre_x
-    assert np.argwhere(labels == ORGAN_INDEX["spleen"])[:, 0].mean() > centre_x
-    assert np.argwhere(labels == ORGAN_INDEX["gallbladder"])[:, 0].mean() < centre_x
-    assert np.argwhere(anatomy.structure == 3)[:, 0].mean() > centre_x  # AMOS 3 = left kidney
-    assert np.argwhere(anatomy.structure == 2)[:, 0].mean() < centre_x  # AMOS 2 = right kidney
+    # RAS+ voxel axes: the patient's right is high x. Liver right (high x), spleen left (low x).
+    assert np.argwhere(labels == ORGAN_INDEX["liver"])[:, 0].mean() > centre_x
+    assert np.argwhere(labels == ORGAN_INDEX["spleen"])[:, 0].mean() < centre_x
+    assert np.argwhere(labels == ORGAN_INDEX["gallbladder"])[:, 0].mean() > centre_x
+    assert np.argwhere(anatomy.structure == 3)[:, 0].mean() < centre_x  # AMOS 3 = left kidney
+    assert np.argwhere(anatomy.structure == 2)[:, 0].mean() > centre_x  # AMOS 2 = right kidney
     # Organs stay clear of the volume border (a slice or two of margin everywhere).
     organs = labels > 0
     for axis in range(3):
@@ -118,7 +118,7 @@ def test_totalseg_layout(tmp_path: Path) -> None:
     left = np.asarray(nib.load(case / "segmentations" / "kidney_left.nii.gz").dataobj)
     right = np.asarray(nib.load(case / "segmentations" / "kidney_right.nii.gz").dataobj)
     assert left.dtype == np.uint8 and set(np.unique(left)) == {0, 1}
-    assert np.argwhere(left)[:, 0].mean() > np.argwhere(right)[:, 0].mean()  # left = high x
+    assert np.argwhere(left)[:, 0].mean() < np.argwhere(right)[:, 0].mean()  # RAS+: patient's right = high x
     # The written masks are the labels of make_subject.
     _, labels, _ = make_subject(config, summary.cases[1].subject, "mri_t2")
     liver = np.asarray(nib.load(case / "segmentations" / "liver.nii.gz").dataobj)

@@ -62,7 +62,9 @@ def save_prediction_preview(
         for index in present:
             mask = np.equal(label_ras[::-1, :, z].T, index)
             if mask.any():
-                axis.contour(mask, levels=[0.5], colors=_colour(index), linewidths=0.9, origin="lower")
+                # origin=None: mask[0, 0] sits at (0, 0), the centre of imshow's first pixel (origin="lower"
+                # would put it at (0.5, 0.5) and shift every outline half a pixel up and to the right).
+                axis.contour(mask, levels=[0.5], colors=_colour(index), linewidths=0.9)
         axis.set_xticks([])
         axis.set_yticks([])
         axis.set_title(f"z={z}", fontsize=8)

@@ -57,7 +57,8 @@ class Structure(IntEnum):
 class Anatomy:
     """One subject: `tissue` (Tissue codes) and `structure` (Structure codes), both uint8 on the x, y, z grid.
 
-    Voxel axes are RAS+: x grows to the patient's left, y to anterior, z to superior.
+    Voxel axes are RAS+, matching the affine of `fedgin.synth.layouts.affine_for`: x grows to the patient's
+    right, y to anterior, z to superior (so the liver is at high x, the spleen at low x).
     """
 
     tissue: np.ndarray
@@ -247,6 +248,11 @@ def make_anatomy(shape: tuple[int, int, int], rng: np.random.Generator) -> Anato
     Painting order is the priority order: later structures overwrite earlier ones, so labels never overlap.
     Body wall and bowel first, then the solid organs (liver < spleen < kidneys < pancreas < gallbladder),
     then the great vessels and last the spine, which nothing displaces.
+
+    The drawing frame below has x growing to the patient's LEFT (liver, gallbladder, right kidney and IVC at
+    negative x; spleen, left kidney, stomach and aorta at positive x), y to anterior and z to superior. The
+    finished volumes are mirrored along x before they are returned, so the result is RAS+ (x to the patient's
+    right). The grid is centred on the origin (`grid_axes`, `affine_for`), so the mirror maps x to -x exactly.
     """
     canvas = Canvas(shape, rng, warp_mm=rng.uniform(3.0, 7.0))
     wx, wy, wz = canvas.coords
@@ -507,7 +513,11 @@ def make_anatomy(shape: tuple[int, int, int], rng: np.random.Generator) -> Anato
     canvas.paint(box, (body_r < 0.8) | ((arch_r < 0.7) & ~canal), Tissue.MARROW)
     canvas.paint(box, canal, Tissue.FLUID)
 
-    return Anatomy(tissue=canvas.tissue, structure=canvas.structure)
+    # Drawing frame (x to the patient's left) -> RAS+ voxel order (x to the patient's right): mirror along x.
+    return Anatomy(
+        tissue=np.ascontiguousarray(canvas.tissue[::-1]),
+        structure=np.ascontiguousarray(canvas.structure[::-1]),
+    )
 
 
 def _paint_tube(
