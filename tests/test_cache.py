@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from fedgin.config import PreprocessConfig
 from fedgin.errors import DataError
 from fedgin.preprocessing import preprocess
 from fedgin.sources import discover
-from nifti_factory import write_amos, write_totalseg
+from nifti_factory import write_amos, write_meta, write_totalseg
 
 CONFIG = PreprocessConfig(spacing_mm=2.0, size=16)
 
@@ -117,8 +118,58 @@ def test_worker_processes_and_two_sources_in_one_cache(totalseg: Path, tmp_path:
     console.print(summarize(cache))
     text = console.export_text()
     assert "liver" in text and "mri" in text and "Intensity percentiles" in text
+    assert "Cases per protocol" not in text  # no source here records a protocol
+    assert {e.protocol for e in cache.cases()} == {""}
 
 
 def test_cache_without_index_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no cache index"):
         Cache(tmp_path)
+
+
+def _protocol_meta(root: Path, protocols: list[str]) -> None:
+    rows = [[case_id, split, protocol] for case_id, split, protocol in zip(
+        ["s0001", "s0002", "s0003"], ["train", "train", "val"], protocols, strict=True
+    )]  # fmt: skip
+    write_meta(root, ["image_id", "split", "protocol"], rows)
+
+
+def _index_rows(out: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(out / "index.csv", newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_protocol_in_index_old_index_opens_and_resume_updates_it(totalseg: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cache"
+    _protocol_meta(totalseg, ["ct_pv_120kvp_soft_3mm", "", "ct_pv_120kvp_soft_3mm"])
+    prepare_module.prepare("totalseg-ct", totalseg, out, CONFIG, workers=1, progress=False)
+    columns, rows = _index_rows(out)
+    assert "protocol" in columns
+    assert [row["protocol"] for row in rows] == ["ct_pv_120kvp_soft_3mm", "", "ct_pv_120kvp_soft_3mm"]
+    cache = Cache(out)
+    assert [e.protocol for e in cache.cases()] == ["ct_pv_120kvp_soft_3mm", "", "ct_pv_120kvp_soft_3mm"]
+    console = Console(record=True, width=160)
+    console.print(summarize(cache))
+    text = console.export_text()
+    assert "Cases per protocol" in text and "ct_pv_120kvp_soft_3mm" in text and "unknown" in text
+
+    # An index written before the protocol column existed still opens, every protocol unknown.
+    old_columns = [name for name in columns if name != "protocol"]
+    with open(out / "index.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old_columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert [e.protocol for e in Cache(out).cases()] == ["", "", ""]
+    console = Console(record=True, width=160)
+    console.print(summarize(Cache(out)))
+    assert "Cases per protocol" not in console.export_text()
+
+    # A resumed prepare skips the unchanged cases and writes the source's current protocols for them.
+    _protocol_meta(totalseg, ["mr3t_t1_gre_opposed", "ct_art_100kvp_sharp_1mm", ""])
+    resumed = prepare_module.prepare("totalseg-ct", totalseg, out, CONFIG, workers=1, progress=False)
+    assert resumed.prepared == [] and len(resumed.skipped) == 3
+    columns, rows = _index_rows(out)
+    assert tuple(columns) == INDEX_COLUMNS
+    assert [row["protocol"] for row in rows] == ["mr3t_t1_gre_opposed", "ct_art_100kvp_sharp_1mm", ""]
+    assert [e.protocol for e in Cache(out).cases()] == ["mr3t_t1_gre_opposed", "ct_art_100kvp_sharp_1mm", ""]

@@ -23,6 +23,7 @@ from fedgin.evaluation.evaluate import (
 )
 from fedgin.evaluation.metrics import evaluate_case
 from fedgin.labels import ORGANS
+from nifti_factory import write_meta, write_totalseg
 
 SPACING = (0.8, 1.2, 3.0)  # anisotropic, in array axis order
 SHAPE = (12, 10, 8)
@@ -52,15 +53,16 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _check_summary_against_csv(out: Path) -> None:
-    """summary.csv means for every domain x organ equal the means of per_case.csv computed by hand."""
+def _check_summary_against_csv(out: Path, group_by: str = "domain") -> None:
+    """summary.csv means for every group (domain, or `group_by`) x organ equal the means of per_case.csv
+    computed by hand; cases with an empty value of `group_by` are in no group."""
     per_case = _read_csv(out / "per_case.csv")
     summary = _read_csv(out / "summary.csv")
     checked = 0
     for entry in summary:
-        if entry["group_by"] != "domain" or entry["organ"] == MEAN_ORGAN:
+        if entry["group_by"] != group_by or entry["organ"] == MEAN_ORGAN:
             continue
-        rows = [r for r in per_case if r["domain"] == entry["group"] and r["organ"] == entry["organ"]]
+        rows = [r for r in per_case if r[group_by] == entry["group"] and r["organ"] == entry["organ"]]
         assert int(entry["n_cases"]) == len(rows)
         assert int(entry["n_both_empty"]) == sum(r["both_empty"] == "True" for r in rows)
         for metric in ("dice", "nsd", "hd95"):
@@ -69,10 +71,10 @@ def _check_summary_against_csv(out: Path) -> None:
             assert float(entry[f"{metric}_mean"]) == pytest.approx(expected, nan_ok=True)
         assert int(entry["n_hd95_undefined"]) == sum(math.isnan(float(r["hd95"])) for r in rows)
         checked += 1
-    assert checked == len(ORGANS) * len({r["domain"] for r in per_case})
-    # The "mean over organs" row of each domain: per case the mean Dice over organs, then over cases.
-    for entry in (e for e in summary if e["group_by"] == "domain" and e["organ"] == MEAN_ORGAN):
-        cases = {r["case_id"] for r in per_case if r["domain"] == entry["group"]}
+    assert checked == len(ORGANS) * len({r[group_by] for r in per_case if r[group_by]})
+    # The "mean over organs" row of each group: per case the mean Dice over organs, then over cases.
+    for entry in (e for e in summary if e["group_by"] == group_by and e["organ"] == MEAN_ORGAN):
+        cases = {r["case_id"] for r in per_case if r[group_by] == entry["group"]}
         per_case_means = [
             np.mean([float(r["dice"]) for r in per_case if r["case_id"] == case]) for case in cases
         ]
@@ -102,11 +104,13 @@ def test_identical_folders_score_perfectly(tmp_path: Path) -> None:
 
     per_case = _read_csv(result.per_case_csv)
     assert list(per_case[0]) == [
-        "case_id", "source", "modality", "domain", "split",
+        "case_id", "source", "modality", "domain", "split", "protocol",
         "organ", "dice", "hd95", "nsd", "ref_voxels", "pred_voxels", "both_empty",
     ]  # fmt: skip
     assert len(per_case) == 2 * len(ORGANS)
     assert {r["domain"] for r in per_case} == {"unknown"}
+    assert {r["protocol"] for r in per_case} == {""}  # folders carry no protocol: no protocol groups
+    assert not any(e["group_by"] == "protocol" for e in result.summary)
     _check_summary_against_csv(result.per_case_csv.parent)
     document = json.loads(result.summary_json.read_text())
     assert document["n_both_empty"] == 6 and document["unmatched_predictions"] == ["extra.nii.gz"]
@@ -222,8 +226,7 @@ def test_bad_folder_inputs_raise_data_errors_naming_the_file(tmp_path: Path, bre
 
 @pytest.fixture(scope="module")
 def cache_and_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
-    from fedgin.config import ModelConfig, PreprocessConfig, RunConfig, SynthConfig
-    from fedgin.model import build_unet
+    from fedgin.config import PreprocessConfig, SynthConfig
     from fedgin.prepare import prepare
     from fedgin.synth import generate
 
@@ -235,13 +238,20 @@ def cache_and_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
         progress=False,
     )  # fmt: skip
     assert not report.failed
+    return root / "cache", _tiny_checkpoint(root / "model.pt")
+
+
+def _tiny_checkpoint(path: Path) -> Path:
+    """An untrained 2D U-Net of two levels, saved as a checkpoint."""
+    from fedgin.config import ModelConfig, RunConfig
+    from fedgin.model import build_unet
+
     torch.manual_seed(0)
     model_config = ModelConfig(channels=(4, 8), strides=(2,))
     model = build_unet(model_config)
-    checkpoint = root / "model.pt"
     torch.save({"model": model.state_dict(), "config": RunConfig(model=model_config).model_dump(mode="json")},
-               checkpoint)  # fmt: skip
-    return root / "cache", checkpoint
+               path)  # fmt: skip
+    return path
 
 
 def test_checkpoint_evaluation_matches_metrics_by_hand(cache_and_checkpoint, tmp_path: Path) -> None:
@@ -258,11 +268,12 @@ def test_checkpoint_evaluation_matches_metrics_by_hand(cache_and_checkpoint, tmp
     assert len(result.rows) == 3 * len(ORGANS)
     per_case = _read_csv(result.per_case_csv)
     assert len(per_case) == 3 * len(ORGANS)
-    assert list(per_case[0])[:6] == ["method", "case_id", "source", "modality", "domain", "split"]
+    assert list(per_case[0])[:7] == ["method", "case_id", "source", "modality", "domain", "split", "protocol"]
     assert {r["split"] for r in per_case} == {e.split for e in cache.cases()}
     _check_summary_against_csv(tmp_path / "all")
     groupings = {(e["group_by"], e["group"]) for e in result.summary}
-    assert groupings == {("all", "all"), ("domain", "ct"), ("modality", "ct")}
+    protocols = {("protocol", e.protocol) for e in cache.cases() if e.protocol}  # if synth records them
+    assert groupings == {("all", "all"), ("domain", "ct"), ("modality", "ct"), *protocols}
 
     # The same model, predicted and scored by hand with the (z, y, x) spacing, gives the same numbers.
     model, _ = load_model(checkpoint, "cpu")
@@ -296,3 +307,43 @@ def test_checkpoint_split_filter_and_errors(cache_and_checkpoint, tmp_path: Path
         evaluate_checkpoint(checkpoint, [cache_dir, cache_dir], tmp_path / "x", split=None, progress=False)
     with pytest.raises(DataError, match="checkpoint not found"):
         evaluate_checkpoint(tmp_path / "none.pt", [cache_dir], tmp_path / "x", split=None, progress=False)
+
+
+def test_protocol_in_per_case_and_summary_groups(tmp_path: Path) -> None:
+    from fedgin.cache import Cache
+    from fedgin.config import PreprocessConfig
+    from fedgin.prepare import prepare
+
+    ids = ["s0001", "s0002", "s0003", "s0004"]
+    protocols = ["ct_pv_120kvp_soft_3mm", "ct_art_100kvp_sharp_1mm", "", "ct_pv_120kvp_soft_3mm"]
+    write_totalseg(tmp_path / "raw", ids, splits=["test"] * 4)
+    write_meta(
+        tmp_path / "raw",
+        ["image_id", "split", "protocol"],
+        [[case_id, "test", protocol] for case_id, protocol in zip(ids, protocols, strict=True)],
+    )
+    config = PreprocessConfig(spacing_mm=2.0, size=16)
+    assert prepare("totalseg-ct", tmp_path / "raw", tmp_path / "cache", config, workers=1, progress=False).ok
+    checkpoint = _tiny_checkpoint(tmp_path / "model.pt")
+    result = evaluate_checkpoint(
+        checkpoint, [tmp_path / "cache"], tmp_path / "out", device="cpu", progress=False
+    )
+
+    per_case = _read_csv(result.per_case_csv)
+    by_case = {r["case_id"]: r["protocol"] for r in per_case}
+    assert by_case == {e.case_id: e.protocol for e in Cache(tmp_path / "cache").cases()}
+    assert sorted(by_case.values()) == sorted(protocols)
+    # The protocol groups hold only the cases with a protocol; `all` holds every case.
+    summary = _read_csv(result.summary_csv)
+    liver = {(e["group_by"], e["group"]): int(e["n_cases"]) for e in summary if e["organ"] == "liver"}
+    assert liver == {
+        ("all", "all"): 4,
+        ("domain", "ct"): 4,
+        ("modality", "ct"): 4,
+        ("protocol", "ct_pv_120kvp_soft_3mm"): 2,
+        ("protocol", "ct_art_100kvp_sharp_1mm"): 1,
+    }
+    _check_summary_against_csv(tmp_path / "out", group_by="protocol")
+    console = Console(record=True, width=200)
+    console.print(summary_table(result, by="protocol"))
+    assert "ct_pv_120kvp_soft_3mm" in console.export_text()

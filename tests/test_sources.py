@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedgin.errors import ConfigError
+from fedgin.errors import ConfigError, DataError
 from fedgin.sources import MappedLabels, MaskLabels, discover, hash_split
-from nifti_factory import NNUNET_LABEL_MAP, reorient, write_amos, write_nnunet, write_totalseg
+from nifti_factory import NNUNET_LABEL_MAP, reorient, write_amos, write_meta, write_nnunet, write_totalseg
 
 
 def test_totalseg_ct_bom_meta_splits_and_orientations(tmp_path: Path) -> None:
@@ -66,6 +67,50 @@ def test_amos_ids_modalities_splits_and_label_mapping(tmp_path: Path) -> None:
     np.testing.assert_array_equal(label, reorient(phantom.label, phantom.affine, "LPS")[0])
 
 
+def test_totalseg_protocol_from_meta_csv_or_empty(tmp_path: Path) -> None:
+    ids = ["s0001", "s0002", "s0003"]
+    write_totalseg(tmp_path, ids, splits=["train", "val", "test"])
+    # The real meta.csv (as written by the factory) has no protocol column: every protocol is unknown.
+    assert [c.protocol for c in discover("totalseg-ct", tmp_path)] == ["", "", ""]
+    write_meta(
+        tmp_path,
+        ["image_id", "split", "protocol", "manufacturer"],
+        [
+            ["s0001", "train", "ct_pv_120kvp_soft_3mm", "Siemens"],
+            ["s0002", "val", "", "GE"],
+            ["s0003", "test", " ct_art_100kvp_sharp_1mm ", "Philips"],
+        ],
+    )
+    cases = discover("totalseg-ct", tmp_path)
+    assert [c.protocol for c in cases] == ["ct_pv_120kvp_soft_3mm", "", "ct_art_100kvp_sharp_1mm"]
+    assert "protocol" not in cases[0].extra and cases[0].extra == {"manufacturer": "Siemens"}
+
+
+def test_amos_protocol_from_dataset_json_or_empty(tmp_path: Path) -> None:
+    write_amos(tmp_path, train_ids=[1, 501], val_ids=[502])
+    assert [c.protocol for c in discover("amos", tmp_path)] == ["", "", ""]  # real AMOS: no protocol
+    dataset = tmp_path / "dataset.json"
+    meta = json.loads(dataset.read_text())
+    meta["synthetic_modality"] = {"amos_0001": "ct", "amos_0501": "mri_t1", "amos_0502": "mri_t2"}
+    meta["synthetic_protocol"] = {"amos_0001": "ct_pv_120kvp_soft_3mm", "amos_0501": "mr3t_t1_gre_opposed"}
+    dataset.write_text(json.dumps(meta))
+    cases = discover("amos", tmp_path)
+    assert [(c.case_id, c.domain, c.protocol) for c in cases] == [
+        ("amos_0001", "ct", "ct_pv_120kvp_soft_3mm"),
+        ("amos_0501", "mri_t1", "mr3t_t1_gre_opposed"),
+        ("amos_0502", "mri_t2", ""),  # not listed in synthetic_protocol
+    ]
+    meta["synthetic_protocol"] = ["ct_pv_120kvp_soft_3mm"]
+    dataset.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="synthetic_protocol") as caught:
+        discover("amos", tmp_path)
+    assert "dataset.json" in str(caught.value) and "\n" not in str(caught.value)
+    dataset.write_text('{"synthetic_protocol": {')
+    with pytest.raises(DataError, match="not a valid JSON object") as caught:
+        discover("amos", tmp_path)
+    assert "dataset.json" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_nnunet_with_label_map_and_dataset_json(tmp_path: Path) -> None:
     phantoms = write_nnunet(tmp_path, ["liver_001", "liver_002"], channel="CT", test=["liver_100"])
     cases = discover("nnunet", tmp_path, label_map=NNUNET_LABEL_MAP)
@@ -76,6 +121,7 @@ def test_nnunet_with_label_map_and_dataset_json(tmp_path: Path) -> None:
     ]
     phantom = phantoms["liver_001"]
     np.testing.assert_array_equal(cases[0].load().label, reorient(phantom.label, phantom.affine, "ASL")[0])
+    assert {c.protocol for c in cases} == {""}  # nnU-Net folders record no acquisition protocol
     assert discover("nnunet", tmp_path, label_map=NNUNET_LABEL_MAP, modality="mri")[0].modality == "mri"
     with pytest.raises(ConfigError, match="label map"):
         discover("nnunet", tmp_path)

@@ -32,6 +32,7 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "modality",
     "domain",
     "split",
+    "protocol",
     "image_file",
     "label_file",
     "n_slices",
@@ -50,6 +51,9 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "source_image",
     "fingerprint",
 )
+#: Columns added to index.csv after CACHE_FORMAT_VERSION 1, with the value an index written before them
+#: reads as: such an index still opens (and `prepare` rewrites it with them).
+OPTIONAL_INDEX_COLUMNS: dict[str, str] = {"protocol": ""}
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class CacheEntry:
     modality: str
     domain: str
     split: str
+    #: Acquisition protocol recorded by the source ("" when unknown).
+    protocol: str
     image_file: str
     label_file: str
     n_slices: int
@@ -87,6 +93,7 @@ class CacheEntry:
             modality=read.text("modality"),
             domain=read.text("domain"),
             split=read.text("split"),
+            protocol=row.get("protocol") or "",
             image_file=read.text("image_file"),
             label_file=read.text("label_file"),
             n_slices=read.whole("n_slices", minimum=1),
@@ -155,7 +162,8 @@ def read_index(root: Path) -> dict[str, dict[str, str]]:
     """index.csv rows by case id ({} when there is no index yet).
 
     DataError naming index.csv for a file that is not a cache index: not UTF-8 text or CSV, columns
-    missing, a row with too few or too many fields, a case id listed twice.
+    missing, a row with too few or too many fields, a case id listed twice. An index from before a column
+    of OPTIONAL_INDEX_COLUMNS was added reads as holding that column's default.
     """
     path = root / INDEX_FILE
     if not path.exists():
@@ -166,7 +174,8 @@ def read_index(root: Path) -> dict[str, dict[str, str]]:
         # utf-8-sig: a byte-order mark (an index saved by a spreadsheet) is not part of the first column
         with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
-            missing = [name for name in INDEX_COLUMNS if name not in (reader.fieldnames or [])]
+            found = set(reader.fieldnames or []) | set(OPTIONAL_INDEX_COLUMNS)
+            missing = [name for name in INDEX_COLUMNS if name not in found]
             if missing:
                 shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
                 raise DataError(path, f"not a fedgin cache index (no columns {shown}); {rebuild}")
@@ -178,6 +187,8 @@ def read_index(root: Path) -> dict[str, dict[str, str]]:
                     )
                 if row["case_id"] in rows:
                     raise DataError(path, f"line {line}: case {row['case_id']!r} is listed twice; {rebuild}")
+                for name, default in OPTIONAL_INDEX_COLUMNS.items():
+                    row.setdefault(name, default)
                 rows[row["case_id"]] = row
     except UnicodeDecodeError:
         raise DataError(path, f"not a fedgin cache index (not UTF-8 text); {rebuild}") from None
@@ -192,7 +203,8 @@ def write_index(root: Path, rows: dict[str, dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=INDEX_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for case_id in sorted(rows):
-        writer.writerow({name: rows[case_id][name] for name in INDEX_COLUMNS})
+        row = {**OPTIONAL_INDEX_COLUMNS, **rows[case_id]}
+        writer.writerow({name: row[name] for name in INDEX_COLUMNS})
     atomic_write_text(root / INDEX_FILE, buffer.getvalue())
 
 
@@ -324,7 +336,8 @@ def _range(values: list[float]) -> str:
 
 
 def summarize(cache: Cache, max_voxels_per_case: int = 20_000, seed: int = 0) -> Group:
-    """Printable overview: cases per domain and split, spacing, organ voxels, intensity percentiles."""
+    """Printable overview: cases per domain and split (and per protocol, where the sources record one),
+    spacing, organ voxels, intensity percentiles."""
     entries = cache.cases()
     splits = ("train", "val", "test")
     counts = Table(title=f"Cases in {cache.path}")
@@ -340,6 +353,7 @@ def summarize(cache: Cache, max_voxels_per_case: int = 20_000, seed: int = 0) ->
             str(len(members)),
             str(sum(entry.n_slices for entry in members)),
         )
+    protocols = _protocol_table(entries, splits)
 
     geometry = Table(title="Geometry (mm, x-y-z)")
     for column in ("modality", "cached spacing x", "y", "z", "original spacing x", "y", "z", "slice size"):
@@ -383,4 +397,24 @@ def summarize(cache: Cache, max_voxels_per_case: int = 20_000, seed: int = 0) ->
             modality, " / ".join(f"{v:.2f}" for v in cached), " / ".join(f"{v:.1f}" for v in original)
         )
     legend = "classes: " + ", ".join(f"{index} {name}" for index, name in LABEL_NAMES.items())
-    return Group(counts, geometry, organs, intensity, legend)
+    tables = (counts, *((protocols,) if protocols is not None else ()), geometry, organs, intensity)
+    return Group(*tables, legend)
+
+
+def _protocol_table(entries: list[CacheEntry], splits: tuple[str, ...]) -> Table | None:
+    """Cases per (modality, domain, protocol) and split; None when no case records a protocol."""
+    if not any(entry.protocol for entry in entries):
+        return None
+    table = Table(title="Cases per protocol")
+    for column in ("modality", "domain", "protocol", *splits, "total"):
+        table.add_column(column, justify="left" if column in ("modality", "domain", "protocol") else "right")
+    for modality, domain, protocol in sorted({(e.modality, e.domain, e.protocol) for e in entries}):
+        members = [e for e in entries if (e.modality, e.domain, e.protocol) == (modality, domain, protocol)]
+        table.add_row(
+            modality,
+            domain,
+            protocol or "- (unknown)",
+            *(str(sum(entry.split == split for entry in members)) for split in splits),
+            str(len(members)),
+        )
+    return table

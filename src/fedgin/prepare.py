@@ -59,7 +59,11 @@ class PrepareReport:
 
 
 def fingerprint(case: SourceCase, config: PreprocessConfig) -> str:
-    """Changes with any source file (path, size, mtime), the preprocessing config or the cache format."""
+    """Changes with any source file (path, size, mtime), the preprocessing config or the cache format.
+
+    Metadata that does not change the cached arrays (the protocol) is left out: `prepare` rewrites it in
+    the index rows of unchanged cases instead of preparing them again.
+    """
     files = []
     for path in case.files():
         try:
@@ -114,6 +118,7 @@ def prepare_case(
         "modality": case.modality,
         "domain": case.domain,
         "split": case.split,
+        "protocol": case.protocol,
         "image_file": image_file,
         "label_file": label_file,
         "n_slices": z,
@@ -215,6 +220,7 @@ def prepare(
             # A case whose arrays are missing, truncated or disagree with its row is prepared again.
             usable = row_problem(out, existing) is None
             if existing["fingerprint"] == case_fingerprint and usable:
+                existing["protocol"] = case.protocol  # the source's current metadata, also in an old index
                 report.skipped.append(case.uid)
                 continue
             other = Path(existing["source_image"])

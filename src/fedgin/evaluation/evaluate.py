@@ -3,10 +3,12 @@
 Both produce the same three files in `out_dir`, each written atomically:
 
 - `per_case.csv`: one row per case x organ (SPEC section 6: per patient, never pooled slices), columns
-  [method,] case_id, source, modality, domain, split, organ, dice, hd95, nsd, ref_voxels, pred_voxels,
-  both_empty. HD95 is in mm; an undefined HD95 is written as `nan`.
+  [method,] case_id, source, modality, domain, split, protocol, organ, dice, hd95, nsd, ref_voxels,
+  pred_voxels, both_empty. HD95 is in mm; an undefined HD95 is written as `nan`. `protocol` is the
+  acquisition protocol from the cache index, empty when the source records none (and for folders).
 - `summary.csv`: mean / std (over patients) / n per (group_by, group, organ), for the groupings
-  `all` (every case), `domain` and `modality`, with `n_cases`, `n_both_empty` and `n_hd95_undefined`
+  `all` (every case), `domain`, `modality` and `protocol` (only the cases with a protocol; no such rows
+  when no case has one), with `n_cases`, `n_both_empty` and `n_hd95_undefined`
   (see `fedgin.evaluation.metrics.summarize`). Each group also has an organ row `mean`: per case the mean
   over the organs (HD95 over its defined values), then mean / std of that over the patients; its
   `n_both_empty` counts cases with no organ in prediction and reference, its `n_hd95_undefined` cases
@@ -52,10 +54,12 @@ __all__ = [
     "summary_table",
 ]
 
-CASE_COLUMNS: tuple[str, ...] = ("case_id", "source", "modality", "domain", "split")
+CASE_COLUMNS: tuple[str, ...] = ("case_id", "source", "modality", "domain", "split", "protocol")
 METRIC_COLUMNS: tuple[str, ...] = ("organ", "dice", "hd95", "nsd", "ref_voxels", "pred_voxels", "both_empty")
-#: The summary groupings: every case together, per domain, per modality.
-GROUPINGS: tuple[str, ...] = ("all", "domain", "modality")
+#: The summary groupings: every case together, per domain, per modality, per acquisition protocol.
+GROUPINGS: tuple[str, ...] = ("all", "domain", "modality", "protocol")
+#: Groupings formed only from the cases with a non-empty value (an unknown protocol is no group).
+_KNOWN_ONLY: tuple[str, ...] = ("protocol",)
 #: The organ name of the per-case "mean over organs" rows in the summary.
 MEAN_ORGAN = "mean"
 HD_PERCENTILE = 95.0
@@ -135,7 +139,12 @@ def _summary(rows: Sequence[Mapping[str, Any]], method: str | None) -> list[dict
     all_rows = [*rows, *_mean_over_organs(rows)]
     summary: list[dict[str, Any]] = []
     for grouping in GROUPINGS:
-        keyed = [{**row, "all": "all"} for row in all_rows] if grouping == "all" else all_rows
+        if grouping == "all":
+            keyed = [{**row, "all": "all"} for row in all_rows]
+        elif grouping in _KNOWN_ONLY:
+            keyed = [row for row in all_rows if row.get(grouping)]
+        else:
+            keyed = all_rows
         for entry in summarize(keyed, group_keys=(grouping,)):
             group = entry.pop(grouping)
             head = {"method": method} if method is not None else {}
@@ -293,6 +302,7 @@ def evaluate_checkpoint(
                 "modality": entry.modality,
                 "domain": entry.domain,
                 "split": entry.split,
+                "protocol": entry.protocol,
             }
             rows.extend(_case_rows(case, pred, ref, spacing_zyx, nsd_tolerance_mm))
             bar.advance(task)
@@ -413,6 +423,7 @@ def evaluate_folders(
                 "modality": modality or UNKNOWN,
                 "domain": domain or UNKNOWN,
                 "split": "",
+                "protocol": "",
             }
             rows.extend(_case_rows(case, pred, ref, spacing, nsd_tolerance_mm))
             bar.advance(task)
@@ -440,9 +451,9 @@ def _pairs(count: int) -> str:
 
 
 def summary_table(result: EvaluationResult, by: str = "domain") -> Table:
-    """Organs as rows and, per domain (or `by="modality"`/`"all"`), a Dice "mean ± std (n)" column and an
-    HD95 mean column; the last row is the per-case mean over organs. The caption states the empty-organ
-    convention and how many case x organ pairs it concerned."""
+    """Organs as rows and, per domain (or `by="modality"`/`"protocol"`/`"all"`), a Dice "mean ± std (n)"
+    column and an HD95 mean column; the last row is the per-case mean over organs. The caption states the
+    empty-organ convention and how many case x organ pairs it concerned."""
     if by not in GROUPINGS:
         raise ValueError(f"by must be one of {GROUPINGS}, got {by!r}")
     entries = [e for e in result.summary if e["group_by"] == by]

@@ -20,19 +20,48 @@ def amos_modality(number: int) -> Modality:
     return "ct" if number < FIRST_MRI_ID else "mri"
 
 
-def sequence_tags(root: Path) -> dict[str, str]:
-    """Case id -> MRI sequence (t1/t2) where dataset.json records one, as the synthetic AMOS set does.
-
-    Real AMOS does not say which MRI sequence a case is; its MRI cases then keep the domain "mri".
-    """
+def read_dataset_json(root: Path) -> dict:
+    """dataset.json as a dict ({} when there is none); a one-line DataError when it is not a JSON object."""
     path = root / "dataset.json"
     if not path.is_file():
         return {}
     try:
-        tags = json.loads(path.read_text(encoding="utf-8")).get("synthetic_modality", {})
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(path, "not a valid JSON object") from None
-    return {case: tag.removeprefix("mri_") for case, tag in tags.items() if str(tag).startswith("mri_")}
+    if not isinstance(data, dict):
+        raise DataError(path, "not a valid JSON object")
+    return data
+
+
+def _case_tags(root: Path, meta: dict, key: str) -> dict[str, str]:
+    """The case id -> tag object `key` of dataset.json ({} when absent; null tags are left out)."""
+    tags = meta.get(key)
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict):
+        raise DataError(root / "dataset.json", f"{key!r} is not an object of case id -> tag")
+    return {str(case): str(tag).strip() for case, tag in tags.items() if tag is not None}
+
+
+def sequence_tags(root: Path, meta: dict | None = None) -> dict[str, str]:
+    """Case id -> MRI sequence (t1/t2) where dataset.json records one, as the synthetic AMOS set does.
+
+    Real AMOS does not say which MRI sequence a case is; its MRI cases then keep the domain "mri".
+    `meta` is dataset.json as read by `read_dataset_json` (read here when not given).
+    """
+    meta = read_dataset_json(root) if meta is None else meta
+    tags = _case_tags(root, meta, "synthetic_modality")
+    return {case: tag.removeprefix("mri_") for case, tag in tags.items() if tag.startswith("mri_")}
+
+
+def protocol_tags(root: Path, meta: dict | None = None) -> dict[str, str]:
+    """Case id -> acquisition protocol from dataset.json `synthetic_protocol` (the synthetic AMOS set).
+
+    Real AMOS records none: its cases then have the protocol "".
+    """
+    meta = read_dataset_json(root) if meta is None else meta
+    return {case: tag for case, tag in _case_tags(root, meta, "synthetic_protocol").items() if tag}
 
 
 @register("amos")
@@ -41,7 +70,8 @@ def discover_amos(
 ) -> list[SourceCase]:
     """Labelled AMOS cases: Tr as train, Va as val (use split_override='test' when AMOS is the test set)."""
     mapping = label_map if label_map is not None else AMOS_TO_FEDGIN
-    sequences = sequence_tags(root)
+    meta = read_dataset_json(root)  # read once for both tag maps
+    sequences, protocols = sequence_tags(root, meta), protocol_tags(root, meta)
     cases = []
     folders: tuple[tuple[str, str, Split], ...] = (
         ("imagesTr", "labelsTr", "train"),
@@ -67,6 +97,7 @@ def discover_amos(
                     split=split,
                     image=image,
                     labels=MappedLabels(root / labels / image.name, dict(mapping)),
+                    protocol=protocols.get(case_id, ""),
                 )
             )
     return cases

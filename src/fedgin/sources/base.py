@@ -65,6 +65,8 @@ class SourceCase:
     split: Split
     image: Path
     labels: LabelSpec
+    #: The acquisition protocol (e.g. `ct_pv_120kvp_soft_3mm`) where the source records one, else "".
+    protocol: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

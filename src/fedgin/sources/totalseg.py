@@ -1,4 +1,8 @@
-"""TotalSegmentator CT v2 and MRI layouts: sXXXX/{ct,mri}.nii.gz, sXXXX/segmentations/*.nii.gz, meta.csv."""
+"""TotalSegmentator CT v2 and MRI layouts: sXXXX/{ct,mri}.nii.gz, sXXXX/segmentations/*.nii.gz, meta.csv.
+
+Optional meta.csv columns: `sequence` (the MRI domain) and `protocol` (the acquisition protocol, as the
+synthetic set records it; the real meta.csv has none, and then the protocol is "").
+"""
 
 from __future__ import annotations
 
@@ -72,6 +76,7 @@ def _totalseg_cases(
                 split=split,
                 image=folder / image_name,
                 labels=MaskLabels(masks),
+                protocol=row.get("protocol", ""),
                 extra={key: value for key, value in row.items() if key in ("institute", "manufacturer")},
             )
         )
