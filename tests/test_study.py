@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.console import Console
 from fedgin.errors import ConfigError
 from fedgin.study import PRESETS, StudyConfig, load_study, plan_study, preset_path, run_study
 from fedgin.study.plan import unique_runs
+from fedgin.study.runner import StudyDataChanged, data_fingerprint
 
 
 def study_config(caches: dict[str, Path], output: Path, **overrides: object) -> StudyConfig:
@@ -134,3 +136,32 @@ def test_miniature_study_report_matches_the_runs(caches: dict[str, Path], tmp_pa
     changed = config.model_copy(update={"seeds": [8]})
     with pytest.raises(ConfigError, match="seeds differ"):
         run_study(changed, resume=True, console=Console(file=io.StringIO()))
+
+    # Caches that changed since the finished runs used them (new data, other preprocessing): no resume.
+    recorded = json.loads((out / "data.json").read_text(encoding="utf-8"))
+    assert recorded == data_fingerprint(config) and len(recorded) >= 2
+    (out / "data.json").write_text(json.dumps({**recorded, next(iter(recorded)): "0" * 64}))
+    with pytest.raises(StudyDataChanged, match="cached data changed"):
+        run_study(config, resume=True, console=Console(file=io.StringIO()))
+
+
+def test_data_fingerprint_follows_the_cached_cases(caches: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(caches["ct"], copy)
+    config = study_config({**caches, "ct": copy}, tmp_path / "study")
+    before = data_fingerprint(config)
+    index = (copy / "index.csv").read_text(encoding="utf-8").splitlines()
+    columns = index[0].split(",")
+    first = index[1].split(",")
+    first[columns.index("protocol")] = "another_protocol"  # metadata only: the same cached arrays
+    (copy / "index.csv").write_text("\n".join([index[0], ",".join(first), *index[2:]]) + "\n")
+    assert data_fingerprint(config) == before
+    first[columns.index("fingerprint")] = "f" * 16  # re-prepared from other files or settings
+    (copy / "index.csv").write_text("\n".join([index[0], ",".join(first), *index[2:]]) + "\n")
+    after = data_fingerprint(config)
+    assert after[str(copy)] != before[str(copy)]
+    assert {k: v for k, v in after.items() if k != str(copy)} == {
+        k: v for k, v in before.items() if k != str(copy)
+    }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,6 +20,43 @@ from fedgin.study.plan import PlannedRun, plan_study, unique_runs
 #: Written into a run's folder once it is trained and tested; a run without it is (re)done on resume.
 DONE_FILE = "done.json"
 TEST_DIR = "test"
+#: The fingerprints of the cached cases the study's runs were trained and tested on.
+DATA_FILE = "data.json"
+
+
+class StudyDataChanged(ConfigError):
+    """The caches of a study changed since its finished runs used them (resuming would mix two data sets)."""
+
+
+def data_fingerprint(config: StudyConfig) -> dict[str, str]:
+    """Cache folder -> SHA-256 over its cases' ids and preparation fingerprints (which change with the
+    source files and the preprocessing), for every cache the study trains, validates or tests on."""
+    from fedgin.cache import read_index
+
+    specs = [*config.val, *config.test]
+    for site in config.sites:
+        specs += [*site.ct, *site.mri]
+    digests = {}
+    for cache in sorted({str(spec.cache) for spec in specs}):
+        rows = read_index(Path(cache))
+        text = "\n".join(f"{case_id};{rows[case_id]['fingerprint']}" for case_id in sorted(rows))
+        digests[cache] = hashlib.sha256(text.encode()).hexdigest()
+    return digests
+
+
+def _check_data(config: StudyConfig, resume: bool) -> None:
+    """Refuse to continue a study whose caches changed; record the caches' fingerprints otherwise."""
+    recorded = config.output / DATA_FILE
+    now = data_fingerprint(config)
+    if resume and recorded.is_file():
+        before = json.loads(recorded.read_text(encoding="utf-8"))
+        changed = sorted(cache for cache in {*before, *now} if before.get(cache) != now.get(cache))
+        if changed:
+            raise StudyDataChanged(
+                f"{recorded}: the cached data changed since this study's runs used it "
+                f"({', '.join(changed)}); use another output folder or --overwrite"
+            )
+    atomic_write_json(recorded, now)
 
 
 @dataclass
@@ -119,6 +158,7 @@ def run_study(
     config.output.mkdir(parents=True, exist_ok=True)
     dump_toml(config, config.output / "study.toml")
     prepare_sources(config, console)
+    _check_data(config, resume)
     runs = plan_study(config)
     todo = unique_runs(runs)
     budget = ", ".join(map(str, sorted({run.budget_steps for run in runs if run.site is None})))
