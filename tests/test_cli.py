@@ -65,6 +65,24 @@ def test_synth_prepare_inspect(tmp_path: Path) -> None:
     shown = invoke("inspect", cache)
     assert shown.exit_code == 0, shown.output
     assert "mri_t2" in shown.output and "liver" in shown.output
+    # every case's protocol, from meta.csv through the cache index to inspect's table
+    protocols = {row["protocol"] for row in index_rows(cache)}
+    assert protocols and all(name.startswith("mr") and "_t2_" in name for name in protocols)
+    assert "Cases per protocol" in shown.output
+
+
+def test_protocols_lists_the_mixes() -> None:
+    from fedgin.synth.protocols import MIXES, PROTOCOLS
+
+    result = invoke("protocols", "--markdown")
+    assert result.exit_code == 0, result.output
+    header, _, *rows = result.output.strip().splitlines()
+    assert header.split(" | ")[3:] == [*list(MIXES)[:-1], f"{list(MIXES)[-1]} |"]
+    assert {row.split(" | ")[1].strip("`") for row in rows} == set(PROTOCOLS)
+    one = invoke("protocols", "amos")
+    assert one.exit_code == 0 and "ct_del_120kvp" in one.output and "totalseg-ct" not in one.output
+    unknown = invoke("protocols", "amoss")
+    assert unknown.exit_code != 0 and "did you mean 'amos'" in unknown.output
 
 
 def test_prepare_config_table_changes_the_cache(tmp_path: Path) -> None:
@@ -152,6 +170,12 @@ def test_demo_generates_and_prepares_every_modality(tmp_path: Path) -> None:
     }
     assert {row["split"] for row in index_rows(out / "cache" / "amos")} == {"test"}
     assert (out / "preview.png").is_file() and (out / "demo.json").is_file()
+    assert (out / "protocols.png").stat().st_size > 0
+    # training sources from the TotalSegmentator-like mixes, the test source from the AMOS-like mix
+    from fedgin.synth.protocols import MIXES
+
+    for name, mix in (("ts_ct", "totalseg-ct"), ("ts_mri_t1", "totalseg-mri"), ("amos", "amos")):
+        assert {row["protocol"] for row in index_rows(out / "cache" / name)} <= set(MIXES[mix]), name
     again = invoke("demo", "--out", out, "--subjects", 2, "--workers", 1, "--no-study")
     assert again.exit_code == 0 and "reusing" in again.output
 

@@ -70,8 +70,11 @@ def test_contrasts_differ_between_modalities() -> None:
     anatomy = subject_anatomy(config, 0)
     labels = anatomy.labels()
     means = {}
-    for modality in ("ct", "mri_t1", "mri_t2"):
-        image = subject_image(config, 0, modality, anatomy)
+    # The single mix's protocols (portal-venous CT, spin-echo T1 and T2 without gadolinium or fat saturation):
+    # the realistic mixes also draw fat-saturated and post-gadolinium MRI, whose contrasts differ.
+    protocols = {"ct": "ct_pv_120kvp_standard_5mm", "mri_t1": "mr15t_t1_se_a", "mri_t2": "mr15t_t2_tse_a"}
+    for modality, protocol in protocols.items():
+        image = subject_image(config, 0, modality, anatomy, protocol)
         organ = {name: float(image[labels == ORGAN_INDEX[name]].mean()) for name in ("liver", "spleen")}
         organ["gallbladder"] = float(image[labels == ORGAN_INDEX["gallbladder"]].mean())
         organ["fat"] = float(image[anatomy.tissue == Tissue.FAT].mean())

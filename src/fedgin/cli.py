@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -75,6 +76,18 @@ def parse_triple(text: str, name: str, cast: Callable[[str], Any]) -> tuple[Any,
         raise ConfigError(f"--{name}: {text!r} is not three numbers") from None
 
 
+def load_protocols(value: str | None) -> str | dict | None:
+    """`--protocols`: a preset name as it is, a TOML file's ProtocolMix as its raw tables."""
+    from fedgin.config import read_toml
+    from fedgin.synth.protocols import MIXES
+
+    if value is None or value in MIXES:
+        return value
+    if value.endswith(".toml") or Path(value).exists():
+        return read_toml(Path(value))
+    return value  # an unknown preset name: SynthConfig's check names it and the presets
+
+
 @app.command()
 @user_errors
 def synth(
@@ -85,16 +98,26 @@ def synth(
     modality: Annotated[
         str, typer.Option(help="ct, mri_t1, mri_t2 or a list, e.g. ct,mri_t2 (totalseg: MRI sequences only).")
     ] = "ct",
+    protocols: Annotated[
+        str | None,
+        typer.Option(
+            help="Acquisition protocols: a preset (totalseg-ct, totalseg-mri, amos, single; see `fedgin "
+            "protocols`) or a TOML file with [weights] and optional [custom.NAME] protocols. "
+            "Default: the layout's realistic mix."
+        ),
+    ] = None,
     subjects: Annotated[int, typer.Option(help="Subjects per modality.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the anatomy and the rendering.")] = 0,
     shape: Annotated[str, typer.Option(help="Voxels x,y,z (z is axial).")] = "128,128,64",
     spacing: Annotated[str, typer.Option(help="Voxel size x,y,z in mm.")] = "3.0,3.0,5.0",
-    preview: Annotated[bool, typer.Option(help="Also save preview.png: slices with organ outlines.")] = False,
+    preview: Annotated[
+        bool, typer.Option(help="Also save preview.png: one slice per protocol of the mix, organs outlined.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
 ) -> None:
-    """Generate the embedded synthetic abdomen data set (CT, MRI T1, MRI T2) as NIfTI."""
+    """Generate the embedded synthetic abdomen (CT, MRI T1, MRI T2 under acquisition protocols) as NIfTI."""
     from fedgin.config import SynthConfig, validate
-    from fedgin.synth import generate, save_preview
+    from fedgin.synth import generate, resolve_mix, save_protocol_preview
 
     if layout not in ("totalseg", "amos"):
         raise ConfigError(f"--layout must be totalseg or amos, got {layout!r}")
@@ -105,18 +128,72 @@ def synth(
             "shape": parse_triple(shape, "shape", int),
             "spacing": parse_triple(spacing, "spacing", float),
             "modalities": [part.strip() for part in modality.split(",") if part.strip()],
+            "protocols": load_protocols(protocols),
         },
         SynthConfig,
-        source="fedgin synth",
+        source=f"fedgin synth{f' --protocols {protocols}' if protocols else ''}",
     )
     summary = generate(config, layout, out, overwrite=overwrite)  # type: ignore[arg-type]
+    used = Counter(case.protocol for case in summary.cases)
+    listing = ", ".join(f"{name} x{count}" for name, count in sorted(used.items()))
     console.print(
         f"wrote {len(summary.cases)} cases to [bold]{out}[/] "
-        f"({summary.seconds_per_subject:.2f} s per subject)"
+        f"({summary.seconds_per_subject:.2f} s per subject); protocols: {listing}"
     )
     if preview:
-        png = save_preview(out / "preview.png", config, config.modalities)
+        mix = resolve_mix(config, layout)
+        names = [name for modality in config.modalities for name in sorted(mix.for_modality(modality))]
+        png = save_protocol_preview(out / "preview.png", config, names)
         console.print(f"preview: {png}")
+
+
+@app.command()
+@user_errors
+def protocols(
+    mix: Annotated[
+        str | None, typer.Argument(help="A preset or a mix TOML file; default: every shipped mix.")
+    ] = None,
+    markdown: Annotated[bool, typer.Option(help="Print a Markdown table (for documentation).")] = False,
+) -> None:
+    """List acquisition protocols and each mix's share of them within a modality."""
+    from rich.table import Table
+
+    from fedgin.config import SynthConfig, validate
+    from fedgin.synth.protocols import MIXES, describe, family_of, resolve_mix
+
+    mixes = {
+        name: resolve_mix(
+            validate({"protocols": load_protocols(name), "modalities": []}, SynthConfig, source=name)
+        )
+        for name in ([mix] if mix is not None else list(MIXES))
+    }
+    library = {name: entry[0] for resolved in mixes.values() for name, entry in resolved.entries.items()}
+    rows = []
+    for name, protocol in sorted(library.items(), key=lambda item: (family_of(item[1]), item[0])):
+        modality = family_of(protocol)
+        shares = []
+        for resolved in mixes.values():
+            entries = resolved.for_modality(modality)
+            weight = entries.get(name, (None, 0.0))[1]
+            total = sum(w for _, w in entries.values())
+            shares.append(f"{weight / total:.0%}" if weight > 0 else "")
+        rows.append([modality, name, describe(protocol), *shares])
+    header = ["modality", "protocol", "what", *mixes]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for row in rows:
+            lines.append("| " + " | ".join(f"`{c}`" if i == 1 else c for i, c in enumerate(row)) + " |")
+        typer.echo("\n".join(lines))
+        return
+    wide = console.width >= 140  # the description column only where it fits
+    table = Table(title="Acquisition protocols: each mix's share within a modality")
+    for column in header:
+        if column != "what" or wide:
+            justify = "right" if column in mixes else "left"
+            table.add_column(column, justify=justify, no_wrap=column == "protocol")
+    for row in rows:
+        table.add_row(*(cell for i, cell in enumerate(row) if i != 2 or wide))
+    console.print(table)
 
 
 @app.command()
@@ -585,9 +662,9 @@ def demo(
     """The main job on the embedded data: generate, prepare, then the quick FedGIN study and its report."""
     from fedgin.demo import run_demo, run_demo_study
 
-    run_demo(out, subjects=subjects, workers=workers, console=console)
+    data = run_demo(out, subjects=subjects, workers=workers, console=console)
     if study:
-        run_demo_study(out, console=console)
+        run_demo_study(out, console=console, fresh=data.regenerated)
 
 
 @app.command("study")

@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedgin.errors import ConfigError, validation_problems
 
@@ -56,6 +65,136 @@ class PreprocessConfig(Settings):
     zscore: bool = Field(True, description="Per-volume z-score normalisation after windowing/clipping.")
 
 
+CTPhase = Literal["native", "arterial", "portal_venous", "delayed"]
+CTKernel = Literal["smooth", "standard", "sharp"]
+MRSequence = Literal["t1_se", "t1_gre_in", "t1_gre_opposed", "t1_gre", "t2_tse", "t2_ssfse"]
+MRContrast = Literal["none", "arterial", "portal_venous"]
+#: Vendor-like reconstruction curves of MRI scanners (gain range and monotone curve: fedgin.synth.protocols).
+MRVendor = Literal["a", "b", "c", "d"]
+
+
+class CTProtocol(Settings):
+    """What a CT scanner does to an anatomy: contrast phase, tube voltage, kernel, slice thickness, dose."""
+
+    modality: Literal["ct"] = "ct"
+    phase: CTPhase = Field(
+        "portal_venous", description="native, arterial (~35 s), portal_venous (~70 s), delayed (~3 min)."
+    )
+    kvp: Literal[80, 100, 120, 140] = Field(
+        120, description="Tube voltage: iodine contrast and noise grow as it falls."
+    )
+    kernel: CTKernel = Field(
+        "standard", description="Reconstruction kernel: smooth blurs, sharp keeps edges and noise."
+    )
+    slice_mm: float = Field(3.0, ge=0.5, le=10.0, description="Slice thickness (partial volume along z).")
+    noise_hu: tuple[PositiveFloat, PositiveFloat] = Field(
+        (8.0, 16.0), description="Noise SD range (HU) at 120 kVp, standard kernel, 3 mm.", strict=False
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mri_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("field_t", "sequence", "fat_sat", "contrast", "vendor", "snr", "bias"):
+                if key in data:
+                    raise ValueError(
+                        f"{key!r} is an MRI setting; a CT protocol takes phase, kvp, kernel, slice_mm"
+                    )
+        return data
+
+    @property
+    def family(self) -> str:
+        return "ct"
+
+
+class MRProtocol(Settings):
+    """What an MRI scanner does to an anatomy: field strength, sequence, fat saturation, gadolinium phase,
+    the vendor's reconstruction curve, bias-field strength and SNR."""
+
+    modality: Literal["mri"] = "mri"
+    field_t: float = Field(1.5, description="Field strength in tesla: 1.5 or 3.")
+    sequence: MRSequence = Field(
+        ..., description="t1_se, t1_gre_in, t1_gre_opposed (chemical shift), t1_gre (3D), t2_tse, t2_ssfse."
+    )
+    fat_sat: bool = Field(False, description="Fat saturation (fat signal suppressed).")
+    contrast: MRContrast = Field(
+        "none", description="Gadolinium phase: none, arterial or portal_venous (T1 only)."
+    )
+    vendor: MRVendor = "a"
+    snr: float | None = Field(
+        None, gt=0, description="Parenchymal SNR; None: the sequence's and field's typical."
+    )
+    bias: float | None = Field(
+        None, ge=0, le=1, description="Bias-field amplitude (log scale); None: grows with the field strength."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ct_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "phase" in data:
+                raise ValueError("'phase' is a CT setting; an MRI protocol's gadolinium phase is 'contrast'")
+            for key in ("kvp", "kernel", "slice_mm", "noise_hu"):
+                if key in data:
+                    raise ValueError(f"{key!r} is a CT setting; an MRI protocol takes field_t, sequence, ...")
+        return data
+
+    @field_validator("field_t")
+    @classmethod
+    def _field_strength(cls, value: float) -> float:
+        if value not in (1.5, 3.0):
+            raise ValueError(f"field strength must be 1.5 or 3 (tesla), got {value}")
+        return float(value)
+
+    @model_validator(mode="after")
+    def _contrast_on_t1(self) -> MRProtocol:
+        if self.contrast != "none" and not self.sequence.startswith("t1_"):
+            raise ValueError(
+                f"contrast {self.contrast!r} needs a T1-weighted sequence, got {self.sequence!r}"
+            )
+        return self
+
+    @property
+    def family(self) -> str:
+        """The sequence family that names the domain: t1 or t2."""
+        return self.sequence.split("_")[0]
+
+
+Protocol = Annotated[CTProtocol | MRProtocol, Field(discriminator="modality")]
+
+
+class ProtocolMix(Settings):
+    """A data source as a weighted mix of acquisition protocols.
+
+    `weights` maps protocol names (shipped ones, see `fedgin synth --help`, or names defined in `custom`)
+    to relative weights; every rendered case draws its protocol from the mix's protocols of its modality.
+    """
+
+    weights: dict[str, float] = Field(..., min_length=1)
+    custom: dict[str, Protocol] = Field(default_factory=dict)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        for name, weight in weights.items():
+            if not weight >= 0 or weight == float("inf"):
+                raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {weight}")
+        if sum(weights.values()) <= 0:
+            raise ValueError("the weights sum to 0; give at least one protocol a positive weight")
+        return weights
+
+    @model_validator(mode="after")
+    def _known_names(self) -> ProtocolMix:
+        from fedgin.synth.protocols import PROTOCOLS
+
+        unknown = [name for name in self.weights if name not in PROTOCOLS and name not in self.custom]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], [*PROTOCOLS, *self.custom], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else " (define it under custom)"
+            raise ValueError(f"unknown protocol {unknown[0]!r}{hint}")
+        return self
+
+
 class SynthConfig(Settings):
     """The embedded synthetic abdomen generator (SPEC section 5)."""
 
@@ -68,6 +207,30 @@ class SynthConfig(Settings):
         (3.0, 3.0, 5.0), description="Voxel size in mm, each above 0.", strict=False
     )
     modalities: list[SynthModality] = Field(default_factory=lambda: ["ct"])
+    protocols: (
+        Annotated[
+            Annotated[str, Tag("preset")] | Annotated[ProtocolMix, Tag("mix")],
+            Discriminator(lambda value: "preset" if isinstance(value, str) else "mix"),
+        ]
+        | None
+    ) = Field(
+        None,
+        description=(
+            "The acquisition protocols: a preset (totalseg-ct, totalseg-mri, amos, single) or a mix; "
+            "None: the layout's realistic mix (totalseg-ct / totalseg-mri, or amos)."
+        ),
+    )
+
+    @field_validator("protocols")
+    @classmethod
+    def _preset(cls, value: str | ProtocolMix | None) -> str | ProtocolMix | None:
+        from fedgin.synth.protocols import MIXES
+
+        if isinstance(value, str) and value not in MIXES:
+            close = difflib.get_close_matches(value, list(MIXES), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown protocol mix {value!r}; {hint}presets: {', '.join(MIXES)}")
+        return value
 
 
 class DataSpec(Settings):
@@ -229,7 +392,12 @@ def _problem(item: Any, names: list[str]) -> str:
         key = str(item["loc"][-1]) if item["loc"] else ""
         close = difflib.get_close_matches(key, names, n=1)
         return "unknown setting" + (f" (did you mean {close[0]!r}?)" if close else "")
-    message = str(item["msg"])
+    message = str(item["msg"]).removeprefix("Value error, ")
+    if item["type"] == "union_tag_not_found":
+        key = str(item.get("ctx", {}).get("discriminator", "")).strip("'")
+        return f"missing {key!r}, which says what kind of entry this is" + (
+            ' (modality = "ct" or "mri")' if key == "modality" else ""
+        )
     if item["type"] in ("int_type", "float_type", "bool_type") and isinstance(value, str):
         return f"{message}, got the string {value!r} (write numbers and true/false without quotes)"
     if item["type"] == "literal_error" or (

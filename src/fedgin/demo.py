@@ -21,17 +21,19 @@ class DemoDataset:
     layout: str
     source: str
     modalities: tuple[str, ...]
+    protocols: str
     seed: int
     split: str | None = None
 
 
-#: Training sites hold unpaired data (each data set has its own seed, hence its own subjects); the AMOS-layout
-#: set is the held-out test source, as AMOS is in the study.
+#: Training sites hold unpaired data (each data set has its own seed, hence its own subjects) drawn from the
+#: TotalSegmentator-like protocol mixes; the AMOS-layout set is the held-out test source, drawn from the
+#: AMOS-like mix (other protocols and vendors), as AMOS is in the study.
 DEMO_DATASETS: tuple[DemoDataset, ...] = (
-    DemoDataset("ts_ct", "totalseg", "totalseg-ct", ("ct",), seed=1),
-    DemoDataset("ts_mri_t1", "totalseg", "totalseg-mri", ("mri_t1",), seed=2),
-    DemoDataset("ts_mri_t2", "totalseg", "totalseg-mri", ("mri_t2",), seed=3),
-    DemoDataset("amos", "amos", "amos", ("ct", "mri_t1", "mri_t2"), seed=4, split="test"),
+    DemoDataset("ts_ct", "totalseg", "totalseg-ct", ("ct",), "totalseg-ct", seed=1),
+    DemoDataset("ts_mri_t1", "totalseg", "totalseg-mri", ("mri_t1",), "totalseg-mri", seed=2),
+    DemoDataset("ts_mri_t2", "totalseg", "totalseg-mri", ("mri_t2",), "totalseg-mri", seed=3),
+    DemoDataset("amos", "amos", "amos", ("ct", "mri_t1", "mri_t2"), "amos", seed=4, split="test"),
 )
 
 
@@ -40,17 +42,23 @@ class DemoResult:
     out: Path
     caches: dict[str, Path] = field(default_factory=dict)
     preview: Path | None = None
+    protocol_preview: Path | None = None
+    #: Whether any data set was generated (not reused): results from earlier data no longer apply.
+    regenerated: bool = False
 
 
-def generate_once(dataset: DemoDataset, config: SynthConfig, folder: Path, console: Console) -> None:
-    """Generate `folder` unless it already holds this exact configuration (then it is reused)."""
+def generate_once(dataset: DemoDataset, config: SynthConfig, folder: Path, console: Console) -> bool:
+    """Generate `folder` unless it already holds this exact configuration (then it is reused).
+
+    Returns whether it generated (False: reused).
+    """
     from fedgin.synth import generate
 
     record = folder.with_name(folder.name + ".synth.json")
     wanted = {"layout": dataset.layout, **config.model_dump(mode="json")}
     if folder.is_dir() and record.is_file() and json.loads(record.read_text()) == wanted:
         console.print(f"reusing {folder}")
-        return
+        return False
     # Generate beside the target and move it in place, so an interrupted run never leaves a half data set
     # that a later run would take for a whole one.
     partial = folder.with_name(folder.name + ".partial")
@@ -62,6 +70,7 @@ def generate_once(dataset: DemoDataset, config: SynthConfig, folder: Path, conso
     console.print(
         f"generated {folder}: {len(summary.cases)} cases, {summary.seconds_per_subject:.2f} s per subject"
     )
+    return True
 
 
 def run_demo(
@@ -74,7 +83,7 @@ def run_demo(
     """Generate the embedded data sets, prepare a cache of each and print what they hold."""
     from fedgin.cache import Cache, summarize
     from fedgin.prepare import prepare
-    from fedgin.synth import save_preview
+    from fedgin.synth import resolve_mix, save_preview, save_protocol_preview
 
     console = console or Console()
     preprocess = preprocess or PreprocessConfig()
@@ -82,9 +91,10 @@ def run_demo(
     result = DemoResult(out=out)
     configs = {
         dataset.name: SynthConfig(
-            subjects=subjects if dataset.layout == "totalseg" else max(2, subjects // 3),
+            subjects=subjects if dataset.layout == "totalseg" else max(2, subjects // 2),
             seed=dataset.seed,
             modalities=list(dataset.modalities),
+            protocols=dataset.protocols,
         )
         for dataset in DEMO_DATASETS
     }
@@ -98,8 +108,16 @@ def run_demo(
 
     console.rule("1. synthetic data")
     for dataset in DEMO_DATASETS:
-        generate_once(dataset, configs[dataset.name], out / "data" / dataset.name, console)
+        made = generate_once(dataset, configs[dataset.name], out / "data" / dataset.name, console)
+        result.regenerated |= made
     result.preview = save_preview(out / "preview.png", configs["amos"], ["ct", "mri_t1", "mri_t2"])
+    # One subject under every protocol of the demo's mixes: what the scanners do to one anatomy.
+    names: dict[str, None] = {}
+    for dataset in DEMO_DATASETS:
+        mix = resolve_mix(configs[dataset.name], dataset.layout)
+        for modality in dataset.modalities:
+            names.update(dict.fromkeys(sorted(mix.for_modality(modality))))
+    result.protocol_preview = save_protocol_preview(out / "protocols.png", configs["amos"], list(names))
 
     console.rule("2. preprocessing into caches")
     failures: list[str] = []
@@ -129,12 +147,19 @@ def run_demo(
         console.print(f"[bold]{name}[/]: {cache_dir}")
         console.print(summarize(Cache(cache_dir)))
     console.print(f"\npreview of the synthetic modalities: {result.preview}")
+    console.print(f"one subject under every protocol: {result.protocol_preview}")
     console.print(f"prepared caches: {out / 'cache'}")
     return result
 
 
-def run_demo_study(out: Path, scenario: str = "complete", console: Console | None = None) -> Path:
-    """The `quick` study preset on the demo's caches (continued if it ran before); returns report.md."""
+def run_demo_study(
+    out: Path, scenario: str = "complete", console: Console | None = None, fresh: bool = False
+) -> Path:
+    """The `quick` study preset on the demo's caches (continued if it ran before); returns report.md.
+
+    `fresh` (the demo's data were just generated) or caches that changed since the study's runs used them
+    start the study again: its earlier runs were trained on other data.
+    """
     from rich.markdown import Markdown
 
     from fedgin.study import load_study, preset_path, run_study
@@ -146,8 +171,16 @@ def run_demo_study(out: Path, scenario: str = "complete", console: Console | Non
     config = type(config).model_validate_json(
         config.model_dump_json().replace('"runs/demo/', f'"{out.as_posix().rstrip("/")}/')
     )
+    from fedgin.study.runner import StudyDataChanged
+
     console.rule(f"4. the quick FedGIN study ({scenario} data)")
-    result = run_study(config, resume=True, console=console)
+    if fresh and config.output.is_dir():
+        console.print(f"the demo's data are new: {config.output} starts again")
+    try:
+        result = run_study(config, resume=not fresh, overwrite=fresh, console=console)
+    except StudyDataChanged as changed:
+        console.print(f"{changed}\n-> starting {config.output} again")
+        result = run_study(config, overwrite=True, console=console)
     rows = collect_results(result.runs)
     tests = [
         title for title in ("CT", "MRI", "MRI T1", "MRI T2") if any(row["test"] == title for row in rows)

@@ -39,6 +39,7 @@ class CasePlan:
     subject: int
     modality: str
     split: str
+    protocol: str = ""
 
 
 def affine_for(spacing: Sequence[float], shape: Sequence[int]) -> np.ndarray:
@@ -148,13 +149,15 @@ def write_totalseg_case(
 
 
 def write_totalseg_meta(out: Path, plans: Sequence[CasePlan], rng: np.random.Generator) -> None:
-    """meta.csv, `;`-separated like the real one, with a `sequence` column (t1/t2) for MRI cases."""
-    lines = ["image_id;split;modality;sequence;age;gender;institute"]
+    """meta.csv, `;`-separated like the real one, with `sequence` (t1/t2, MRI) and `protocol` columns."""
+    lines = ["image_id;split;modality;sequence;protocol;age;gender;institute"]
     for plan in plans:
         sequence = "" if plan.modality == "ct" else plan.modality.removeprefix("mri_")
         kind = "ct" if plan.modality == "ct" else "mri"
         age, gender = int(rng.integers(20, 90)), str(rng.choice(["m", "f"]))
-        lines.append(f"{plan.case_id};{plan.split};{kind};{sequence};{age};{gender};synthetic")
+        lines.append(
+            f"{plan.case_id};{plan.split};{kind};{sequence};{plan.protocol};{age};{gender};synthetic"
+        )
     atomic_write_text(out / "meta.csv", "\n".join(lines) + "\n")
 
 
@@ -198,6 +201,7 @@ def write_amos_dataset_json(out: Path, plans: Sequence[CasePlan], seed: int) -> 
             "validation": validation,
             "test": [],
             "synthetic_modality": {p.case_id: p.modality for p in plans},
+            "synthetic_protocol": {p.case_id: p.protocol for p in plans},
         },
     )
 
