@@ -55,3 +55,28 @@ def test_every_recorded_result_renders_with_its_targets(path: Path) -> None:
     assert "paper-complete" in table
     verdicts = [line for line in table.splitlines() if "| met |" in line or "| missed |" in line]
     assert len(verdicts) >= 5
+
+
+def test_calibration_tables_split_the_test_protocols_into_seen_and_unseen(tmp_path: Path) -> None:
+    import calibrate_synth
+
+    rows = [  # (case, source, domain, protocol, dice of each organ)
+        ("a", "totalseg-ct", "ct", "ct_pv_120kvp_standard_3mm", 0.8),
+        ("b", "amos", "ct", "ct_pv_120kvp_standard_3mm", 0.6),  # in the TotalSegmentator-like mix
+        ("c", "amos", "ct", "ct_del_120kvp_standard_5mm", 0.4),  # in no training mix
+        ("d", "amos", "ct", "ct_del_120kvp_standard_5mm", 0.2),
+    ]
+    header = "method,case_id,source,modality,domain,split,protocol,organ,dice\n"
+    for name in calibrate_synth.RUNS:
+        lines = [header]
+        for case, source, domain, protocol, dice in rows:
+            for organ in ("liver", "kidneys", "spleen", "pancreas", "gallbladder", "mean"):
+                value = -1.0 if organ == "mean" else dice  # the mean rows are not averaged again
+                lines.append(f"{name},{case},{source},ct,{domain},test,{protocol},{organ},{value}\n")
+        (tmp_path / "runs" / name / "eval").mkdir(parents=True)
+        (tmp_path / "runs" / name / "eval" / "per_case.csv").write_text("".join(lines))
+    main, per_protocol = calibrate_synth.tables(tmp_path).split("\n\n")
+    cells = main.splitlines()[2].split(" | ")
+    assert cells[1:5] == ["0.800 ± 0.000", "", "", "0.600 ± 0.000"]  # TS CT, TS T1, TS T2, AMOS CT seen
+    assert cells[5] == "0.300 ± 0.100"  # AMOS CT unseen: the two delayed-phase cases
+    assert "| amos | `ct_del_120kvp_standard_5mm` | no | 2 | 0.30 |" in per_protocol
