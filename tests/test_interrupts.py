@@ -55,7 +55,9 @@ def test_ctrl_c_stops_federate_in_seconds_and_resume_finishes(
         {"name": "ct", "data": [{"cache": caches["ct"]}]},
         {"name": "mri", "data": [{"cache": caches["t2"]}]},
     ]
-    config = fl_config(caches, tmp_path / "run", clients, rounds=3, client_validation=False)
+    # Rounds of a few seconds (400 local steps of the tiny model), so that SIGINT after round 1 always lands
+    # before round 3 is written, however fast the machine.
+    config = fl_config(caches, tmp_path / "run", clients, rounds=3, local_steps=400, client_validation=False)
     config_path = tmp_path / "fl.toml"
     dump_toml(config, config_path)
     last = config.output / "checkpoints" / "last.pt"
