@@ -173,8 +173,15 @@ def generate(
     check_output_folder(out, overwrite)
     split_rng = _rng(config.seed, _SPLIT_STREAM)
     planner = plan_totalseg if layout == "totalseg" else plan_amos
+    # One stratified assignment per modality (subject_protocol would redo it for every case).
+    assigned = {
+        modality: mix.assign(
+            modality, config.subjects, _rng(config.seed, _PROTOCOL_STREAM, _modality_code(modality))
+        )
+        for modality in modalities
+    }
     plans = [
-        replace(plan, protocol=subject_protocol(config, plan.subject, plan.modality, mix))
+        replace(plan, protocol=assigned[plan.modality][plan.subject])
         for plan in planner(config.subjects, modalities, split_rng)
     ]
     write_case = write_totalseg_case if layout == "totalseg" else write_amos_case
