@@ -29,6 +29,7 @@ from fedgin.federation.server import initial_state
 from fedgin.federation.simulation import check_federation, federate_command
 from fedgin.federation.weights import norm_keys, screen, to_record
 from fedgin.model import build_unet
+from fedgin.training.schedule import learning_rate
 
 
 def fl_config(
@@ -83,6 +84,7 @@ def recording_train(message: Message, context: Context) -> Message:
         {
             "arrays": reply.content["arrays"].to_torch_state_dict(),
             "num-examples": float(reply.content["metrics"]["num-examples"]),
+            "lr": float(message.content["config"]["lr"]),
         },
         folder / f"{name}_round{round_}.pt",
     )
@@ -225,6 +227,18 @@ def test_fedavg_aggregate_and_exact_resume(
         run_federation(config)
     second = run_federation(config, resume=True, client_app=recording_app())
     assert second.rounds == 2 and [row["round"] for row in rounds_csv(config.output)] == ["1", "2"]
+    # The poly schedule runs over rounds: the resumed server sent round 2 the rate of round 2.
+    assert config.train.lr_schedule == "poly"
+    expected = [learning_rate(config.train, r, 2) for r in range(2)]
+    assert expected[1] < expected[0]
+    for round_, lr in enumerate(expected, 1):
+        for name in ("ct", "mri"):
+            update = torch.load(config.output / "client_updates" / f"{name}_round{round_}.pt")
+            assert update["lr"] == lr
+    for resumed_row, full_row in zip(rounds_csv(config.output), rounds_csv(uninterrupted), strict=True):
+        assert resumed_row["lr"] == full_row["lr"] and float(resumed_row["lr"]) == pytest.approx(
+            expected[int(resumed_row["round"]) - 1], rel=1e-5
+        )
     resumed, full = (
         weights(config.output / "checkpoints" / "last.pt"),
         weights(uninterrupted / "checkpoints" / "last.pt"),

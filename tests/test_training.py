@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from fedgin.checkpoints import load_checkpoint, load_model
 from fedgin.cli import app
 from fedgin.config import (
+    AffineConfig,
     DataSpec,
     GINConfig,
     ModelConfig,
@@ -21,6 +22,7 @@ from fedgin.config import (
 from fedgin.errors import ConfigError
 from fedgin.training import run_training
 from fedgin.training.data import select_cases
+from fedgin.training.schedule import learning_rate
 
 
 def tiny_config(caches: dict[str, Path], output: Path, **train: object) -> RunConfig:
@@ -106,7 +108,36 @@ def test_interrupted_run_resumes_to_identical_weights(caches: dict[str, Path], t
         resumed.run_dir / "metrics.csv"
     ).read_text().splitlines()[0]
     for a, b in zip(read_rows(straight.run_dir), read_rows(resumed.run_dir), strict=True):
-        assert (a["step"], a["loss"], a["val_score"]) == (b["step"], b["loss"], b["val_score"])
+        assert (a["step"], a["loss"], a["val_score"], a["lr"]) == (
+            b["step"],
+            b["loss"],
+            b["val_score"],
+            b["lr"],
+        )
+    # metrics.csv records the poly schedule's rate of each stretch's last step.
+    train = interrupted.train
+    for row in read_rows(resumed.run_dir):
+        assert float(row["lr"]) == pytest.approx(learning_rate(train, int(row["step"]) - 1, 6), rel=1e-5)
+
+
+def test_affine_augmentation_changes_training_and_resumes_exactly(
+    caches: dict[str, Path], tmp_path: Path
+) -> None:
+    plain = run_training(tiny_config(caches, tmp_path / "plain"))
+    config = tiny_config(caches, tmp_path / "affine").model_copy(
+        update={"affine": AffineConfig(enabled=True)}
+    )
+    straight = run_training(config)
+    assert not torch.equal(
+        weights(plain.run_dir / "checkpoints/last.pt")["model.0.conv.unit0.conv.weight"],
+        weights(straight.run_dir / "checkpoints/last.pt")["model.0.conv.unit0.conv.weight"],
+    )
+    interrupted = config.model_copy(update={"output": tmp_path / "affine-resumed"})
+    run_training(interrupted, stop_after=3)
+    resumed = run_training(interrupted, resume=True)
+    assert_same_weights(
+        weights(straight.run_dir / "checkpoints/last.pt"), weights(resumed.run_dir / "checkpoints/last.pt")
+    )
 
 
 def test_gin_changes_training(caches: dict[str, Path], tmp_path: Path) -> None:

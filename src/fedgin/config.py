@@ -279,13 +279,31 @@ class GINConfig(Settings):
     shared_network: bool = Field(False, description="The authors' variant: one network for the batch.")
 
 
+class AffineConfig(Settings):
+    """Random in-plane rotation, zoom and shift of every training sample, before GIN (augment.affine)."""
+
+    enabled: bool = False
+    prob: float = Field(1.0, ge=0.0, le=1.0, description="Probability that a sample is transformed.")
+    rotate_deg: float = Field(15.0, ge=0.0, le=180.0, description="Rotations uniform in +- this.")
+    scale: float = Field(0.15, ge=0.0, lt=1.0, description="Zooms uniform in 1 +- this.")
+    translate: float = Field(0.05, ge=0.0, le=0.5, description="Shifts up to this share of the slice.")
+
+
 class TrainConfig(Settings):
     steps: int = Field(1500, ge=1, description="Optimizer steps of a centralized or local run.")
     epochs: int | None = Field(
         None, ge=1, description="If set, train this many passes over the training slices instead of `steps`."
     )
     batch_size: int = Field(8, ge=1)
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(5e-4, gt=0, description="Base learning rate (AdamW); the schedule scales it.")
+    lr_schedule: Literal["constant", "poly", "cosine"] = Field(
+        "poly",
+        description="Over steps (single site) or rounds (federation): poly as nnU-Net, cosine, or constant.",
+    )
+    lr_power: float = Field(0.9, gt=0, description="Poly exponent: lr * (1 - progress)^power.")
+    warmup_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of the schedule spent ramping the rate up linearly first."
+    )
     weight_decay: float = Field(1e-4, ge=0)
     loss: Literal["dice_ce", "focal_dice"] = "dice_ce"
     foreground_fraction: float = Field(0.5, ge=0.0, le=1.0)
@@ -346,6 +364,7 @@ class RunConfig(Settings):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     gin: GINConfig = Field(default_factory=GINConfig)
+    affine: AffineConfig = Field(default_factory=AffineConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
 

@@ -16,6 +16,8 @@ from fedgin.training.trainer import ExtraLoss, LocalTrainer
 
 #: Keys of the train message's ConfigRecord written by the server.
 CONFIG_KEY = "fedgin-config"
+#: The round's learning rate (the server runs the schedule over rounds); absent: train.lr, constant.
+LR_KEY = "lr"
 #: Key of the client's Context.state record holding FedBN's local normalisation weights.
 LOCAL_STATE_KEY = "fedbn-local"
 
@@ -87,7 +89,7 @@ def _train(message: Message, context: Context, config: RunConfig, spec: ClientSp
     local = client_run_config(config, spec, server_round)
 
     train_set = build_train_slices(local)
-    trainer = LocalTrainer(local, train_set)
+    trainer = LocalTrainer(local, train_set, lr=float(settings.get(LR_KEY, config.train.lr)))
     model = trainer.model
     reference = model.state_dict()
     state = to_state_dict(message.content["arrays"], reference)

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedgin.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from fedgin.config import DataConfig, RunConfig
-from fedgin.federation.client import CONFIG_KEY
+from fedgin.federation.client import CONFIG_KEY, LR_KEY
 from fedgin.federation.fedavg import ScreenedFedAvg
 from fedgin.federation.fedprox import ScreenedFedProx
 from fedgin.federation.screening import FederationError, ScreeningMixin
@@ -28,6 +28,7 @@ from fedgin.io_utils import atomic_path, atomic_write_json
 from fedgin.model import build_unet, resolve_device
 from fedgin.reports.curves import plot_learning_curve
 from fedgin.training.data import ValidationSet, build_validation_set
+from fedgin.training.schedule import learning_rate
 from fedgin.training.seeding import derive_seed
 from fedgin.training.trainer import write_history
 
@@ -117,6 +118,8 @@ class FederationServer:
             self.best_score = float(checkpoint.get("best_score", -math.inf))
             self.best_round = int(checkpoint.get("best_round", -1))
         self.seconds = 0.0
+        #: Seconds of this process's round loop (the rest of a run's time is the engine's start and stop).
+        self.rounds_seconds = 0.0
         #: Set by `interrupt()` (Ctrl-C in the driver): the round in progress is abandoned, not committed.
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -231,6 +234,7 @@ class FederationServer:
                 "best_score": self.best_score,
                 "best_round": self.best_round,
                 "seconds": round(seconds, 3),
+                "rounds_seconds": round(self.rounds_seconds, 3),
                 "engine": engine,
             },
         )
@@ -287,6 +291,7 @@ class FederationServer:
                 )
                 progress.update(task, completed=self.round, status=f"val {row['val_score']:.3f}")
                 progress.console.print(summary)
+                self.rounds_seconds = time.perf_counter() - started
         self.seconds = time.perf_counter() - started
 
     def run_round(
@@ -300,7 +305,11 @@ class FederationServer:
         started = time.perf_counter()
         reference = self.state
         arrays = to_record(self.state, dtype=self.config.federation.update_dtype)
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(settings)), grid)
+        # The schedule runs over rounds and the server sends each round's rate: a resumed federation
+        # continues it exactly, and every site trains the round at the same rate.
+        lr = learning_rate(self.config.train, server_round - 1, self.config.federation.rounds)
+        round_settings = ConfigRecord({**dict(settings), LR_KEY: lr})
+        messages = strategy.configure_train(server_round, arrays, round_settings, grid)
         replies = self.exchange(grid, messages, timeout=self.config.federation.round_timeout_s)
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         reports = strategy.reports
@@ -324,6 +333,7 @@ class FederationServer:
             "round": server_round,
             "clients": len(accepted),
             "left_out": left_out,
+            "lr": float(f"{lr:.6g}"),
             "train_loss": round(
                 sum(r.metrics["train-loss"] * r.metrics["num-examples"] for r in accepted) / examples, 5
             ),
@@ -331,12 +341,15 @@ class FederationServer:
         for report in accepted:
             row[f"loss_{report.name}"] = round(report.metrics["train-loss"], 5)
             row[f"examples_{report.name}"] = int(report.metrics["num-examples"])
+            row[f"train_seconds_{report.name}"] = round(float(report.metrics.get("seconds", math.nan)), 3)
             for domain, value in report.validation.items():  # the site's own validation cases
                 row[f"site_val_{report.name}_{domain}"] = round(value, 5)
         if validation.cases:
+            validating = time.perf_counter()
             self.model.load_state_dict(self.state)
             columns, score = validation.record(self.model, self.device, self.amp, self.config.model)
             row.update(columns)
+            row["val_seconds"] = round(time.perf_counter() - validating, 3)
         else:  # without evaluation cases the best model is the one with the lowest training loss
             score = -row["train_loss"]
         row["val_score"] = round(score, 5)

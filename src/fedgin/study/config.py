@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fedgin.config import (
+    AffineConfig,
     DataSpec,
     FederationConfig,
     GINConfig,
@@ -86,6 +87,7 @@ class StudyConfig(Settings):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     gin: GINConfig = Field(default_factory=GINConfig)
+    affine: AffineConfig = Field(default_factory=AffineConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     federation: FederationConfig = Field(
         default_factory=lambda: FederationConfig(rounds=10, local_steps=50),

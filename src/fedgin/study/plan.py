@@ -116,6 +116,7 @@ def _run_config(
         preprocess=study.preprocess,
         model=study.model,
         gin=study.gin.model_copy(update={"enabled": gin}),
+        affine=study.affine,
         # Pooled runs validate (and keep their best model) as often as a federation does: once a round.
         train=study.train.model_copy(
             update={

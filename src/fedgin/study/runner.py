@@ -22,6 +22,8 @@ DONE_FILE = "done.json"
 TEST_DIR = "test"
 #: The fingerprints of the cached cases the study's runs were trained and tested on.
 DATA_FILE = "data.json"
+#: Where the last call of run_study spent its time (preparing, reporting); the profile reads it.
+TIMING_FILE = "timing.json"
 
 
 class StudyDataChanged(ConfigError):
@@ -158,6 +160,7 @@ def run_study(
     config.output.mkdir(parents=True, exist_ok=True)
     dump_toml(config, config.output / "study.toml")
     prepare_sources(config, console)
+    prepared = time.perf_counter()
     _check_data(config, resume)
     runs = plan_study(config)
     todo = unique_runs(runs)
@@ -168,6 +171,7 @@ def run_study(
         f"{len(config.methods)} methods, {len(todo)} runs to train; step budget {budget} per model "
         f"(local models {local})"
     )
+    trained_now: set[Path] = set()
     for index, run in enumerate(todo, 1):
         where = f"[{index}/{len(todo)}] seed {run.seed}" + (
             f", {run.point}" if run.point != "complete" else ""
@@ -180,12 +184,24 @@ def run_study(
             log = Console(file=handle, width=120, force_terminal=False)
             console.print(f"{where}: {run.label} ...", end=" ")
             done = train_and_test(run, config, log)
+            trained_now.add(run.run_dir)
         console.print(
             f"best val {done['best_val_score']:.3f}, {done['train_seconds']:.0f} s train + "
             f"{done['test_seconds']:.0f} s test"
         )
+    reporting = time.perf_counter()
     report = write_report(config, runs)
     seconds = time.perf_counter() - started
+    # Where this call's time went (runs trained in an earlier call have their times in done.json).
+    atomic_write_json(
+        config.output / TIMING_FILE,
+        {
+            "seconds": round(seconds, 2),
+            "prepare_seconds": round(prepared - started, 2),
+            "report_seconds": round(time.perf_counter() - reporting, 2),
+            "trained": [str(run.run_dir) for run in todo if run.run_dir in trained_now],
+        },
+    )
     console.print(f"study {config.output} in {seconds / 60:.1f} min; report: {report}")
     return StudyResult(config.output, runs, report, seconds)
 

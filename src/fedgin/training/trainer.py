@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedgin.augment import RandGIN
+from fedgin.augment import RandAffine, RandGIN
 from fedgin.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from fedgin.config import RunConfig, dump_toml
 from fedgin.errors import ConfigError
@@ -28,6 +28,7 @@ from fedgin.patches import PatchSampler
 from fedgin.reports.curves import plot_learning_curve
 from fedgin.slices import ForegroundBatchSampler, SliceDataset
 from fedgin.training.data import ValidationSet, build_train_slices, build_validation_set
+from fedgin.training.schedule import learning_rate
 from fedgin.training.seeding import derive_seed, rng_state, seed_everything, set_rng_state, torch_generator
 
 #: Extra loss terms a caller may add (FedProx's proximal term), called with the model after the task loss.
@@ -62,8 +63,14 @@ class LocalTrainer:
     """
 
     def __init__(
-        self, config: RunConfig, train_set: SliceDataset, device: torch.device | None = None
+        self,
+        config: RunConfig,
+        train_set: SliceDataset,
+        device: torch.device | None = None,
+        lr: float | None = None,
     ) -> None:
+        """`lr` fixes the learning rate (a federated client: the server schedules it by round); None
+        follows `config.train`'s schedule over this run's steps."""
         self.config = config
         self.train_set = train_set
         self.device = device or resolve_device(config.train.device)
@@ -88,7 +95,15 @@ class LocalTrainer:
             if gin.enabled
             else None
         )
+        affine = config.affine
+        self.affine = (
+            RandAffine(affine.prob, affine.rotate_deg, affine.scale, affine.translate)
+            if affine.enabled
+            else None
+        )
+        self.fixed_lr = lr
         self.step = 0
+        self.lr = lr if lr is not None else config.train.lr
         self._batches: Iterator[dict] | None = None
         self._batches_from = -1
 
@@ -129,6 +144,19 @@ class LocalTrainer:
         self._batches_from = self.step + 1
         return batch
 
+    @property
+    def total_steps(self) -> int:
+        """The steps of the whole run (the schedule's length): train.epochs passes, else train.steps."""
+        train = self.config.train
+        return train.epochs * self.batches_per_epoch if train.epochs else train.steps
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of `step`: fixed, or from the schedule (steps past the end keep its last)."""
+        if self.fixed_lr is not None:
+            return self.fixed_lr
+        total = self.total_steps
+        return learning_rate(self.config.train, min(step, total - 1), total)
+
     # -- training ---------------------------------------------------------------------------------------
     def train_steps(
         self,
@@ -145,11 +173,18 @@ class LocalTrainer:
             batch = self.next_batch()
             image = batch["image"].to(self.device, non_blocking=True)
             label = batch["label"].to(self.device, non_blocking=True)
+            if self.affine is not None:  # pose and size first, then GIN's intensities
+                image, label = self.affine(
+                    image, label, generator=torch_generator(self.config.seed, "affine", self.step)
+                )
             loaded = time.perf_counter()
             if self.gin is not None:
                 image = self.gin(image, generator=torch_generator(self.config.seed, "gin", self.step))
             augmented = time.perf_counter()
             torch.manual_seed(derive_seed(self.config.seed, "step", self.step))
+            self.lr = self.learning_rate(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
             with autocast_context(self.device, self.amp):
                 logits = self.model(image)
                 loss = self.loss_fn(logits.float(), label)
@@ -279,7 +314,7 @@ def run_training(
     )
 
     # An epoch is one pass over the training slices (in batches of batch_size); steps count otherwise.
-    total = config.train.epochs * trainer.batches_per_epoch if config.train.epochs else config.train.steps
+    total = trainer.total_steps
     interval = config.train.val_interval
     done_this_call = 0
     with Progress(
@@ -308,12 +343,16 @@ def run_training(
             row: dict = {
                 "step": trainer.step,
                 "loss": round(stats.mean_loss, 5),
+                "lr": float(f"{trainer.lr:.6g}"),
                 "slices_per_s": round(stats.slices_per_second, 2),
                 "data_wait_share": round(stats.data_seconds / max(stats.seconds, 1e-9), 4),
                 "gin_share": round(stats.gin_seconds / max(stats.seconds, 1e-9), 4),
+                "train_seconds": round(stats.seconds, 3),
             }
             if trainer.step % interval == 0 or trainer.step == total:
+                validating = time.perf_counter()
                 columns, score = validation.record(trainer.model, trainer.device, trainer.amp, config.model)
+                row["val_seconds"] = round(time.perf_counter() - validating, 3)
                 row.update(columns)
                 if not validation.cases:  # then the best model is the one with the lowest training loss
                     score = -stats.mean_loss
