@@ -115,6 +115,29 @@ def test_miniature_study_report_matches_the_runs(caches: dict[str, Path], tmp_pa
         assert (
             line == f"| {run.label} | {expected['CT']:.3f} | {expected['MRI']:.3f} | {expected['MRI']:.3f} |"
         )
+    # Dice per test protocol: per patient the mean over organs, then the mean over the protocol's patients;
+    # `*` where no training case of the sites has that protocol.
+    by_protocol = report.split("## Dice per test protocol")[1].split("\n## ")[0]
+    trained_with = {
+        row["protocol"]
+        for name in ("ct", "t2")
+        for row in csv.DictReader((caches[name] / "index.csv").read_text().splitlines())
+        if row["split"] == "train"
+    }
+    for run in result.runs:
+        patients: dict[tuple[str, str], list[float]] = {}
+        with open(run.run_dir / "test" / "per_case.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                patients.setdefault((row["protocol"], row["case_id"]), []).append(float(row["dice"]))
+        column = ["fedgin", "centralized_gin"].index(run.method) + 3
+        for protocol in {p for p, _ in patients}:
+            expected = statistics.fmean(
+                statistics.fmean(values) for (p, _), values in patients.items() if p == protocol
+            )
+            mark = "" if protocol in trained_with else " *"
+            line = next(line for line in by_protocol.splitlines() if line.startswith(f"| {protocol}{mark} |"))
+            assert line.strip("| ").split(" | ")[column] == f"{expected:.3f}", line
+    assert "protocols" in by_protocol and "unseen" in by_protocol
     assert "| FedGIN vs Centralized GIN | CT | close (about equal) |" in report
     assert (
         "720" not in report

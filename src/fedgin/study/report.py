@@ -71,6 +71,94 @@ def collect_results(runs: Sequence[PlannedRun]) -> list[dict]:
     return rows
 
 
+def training_protocols(config: StudyConfig, point: str) -> set[str]:
+    """The acquisition protocols of the training cases the study's sites hold at scenario point `point`."""
+    from fedgin.study.plan import scenario_points
+    from fedgin.training.data import select_cases
+
+    sites = scenario_points(config)[point]
+    return {
+        entry.protocol for site in sites for spec in site.specs for _, entry in select_cases(spec, ["train"])
+    }
+
+
+def protocols_tested(config: StudyConfig) -> dict[str, tuple[str, int]]:
+    """Test protocol -> (domain, number of test patients), in the order of the test caches."""
+    from fedgin.training.data import select_cases
+
+    found: dict[str, tuple[str, int]] = {}
+    for spec in config.test:
+        for _, entry in select_cases(spec, ["test"]):
+            if entry.protocol:
+                domain, count = found.get(entry.protocol, (entry.domain, 0))
+                found[entry.protocol] = (domain, count + 1)
+    return found
+
+
+def collect_protocol_results(runs: Sequence[PlannedRun], protocols: Sequence[str]) -> list[dict]:
+    """One row per run x test protocol: Dice (mean over organs per patient, then over the protocol's
+    patients), from the `protocol` grouping of each run's test summary.csv."""
+    rows = []
+    for run in runs:
+        summary = read_summary(trained_dir(run, list(runs)) / "test" / "summary.csv", "protocol")
+        for protocol in protocols:
+            values = summary.get((protocol, MEAN_ROW))
+            if values is not None:
+                rows.append(
+                    {"point": run.point, "label": run.label, "seed": run.seed, "protocol": protocol,
+                     "dice": values.get("dice_mean", math.nan), "n_cases": int(values.get("n_cases", 0))}
+                )  # fmt: skip
+    return rows
+
+
+def protocol_tables(
+    config: StudyConfig, runs: Sequence[PlannedRun], point: str, digits: int = 3
+) -> tuple[str, str] | None:
+    """Dice per method and test protocol (unseen protocols marked), and seen against unseen per modality.
+
+    None when the test cases record no protocol. A protocol is *unseen* when no training case of the
+    study's sites at `point` was acquired with it. Values are means over seeds.
+    """
+    tested = protocols_tested(config)
+    if not tested:
+        return None
+    seen = training_protocols(config, point)
+    rows = [row for row in collect_protocol_results(runs, list(tested)) if row["point"] == point]
+    grouped: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for row in rows:
+        grouped[(row["label"], row["protocol"])].append(float(row["dice"]))
+    labels = _labels(runs, point)
+    order = sorted(tested, key=lambda name: (tested[name][0], name in seen, name))
+    body = [
+        [f"{name}{'' if name in seen else ' *'}", tested[name][0], str(tested[name][1])]
+        + [cell(over_seeds(grouped[(label, name)]), digits) if grouped.get((label, name)) else "–"
+           for label in labels]
+        for name in order
+    ]  # fmt: skip
+    per_protocol = markdown_table(["test protocol", "domain", "patients", *labels], body)
+    # Seen against unseen: per patient as in the main table (protocols weighted by their patients).
+    summary_body = []
+    for modality, title in (("ct", "CT"), ("mri", "MRI")):
+        for unseen in (False, True):
+            names = [n for n in order if tested[n][0].startswith(modality) and (n not in seen) == unseen]
+            if not names:
+                continue
+            patients = sum(tested[n][1] for n in names)
+            values = []
+            for label in labels:
+                seeds = sorted({row["seed"] for row in rows if row["label"] == label})
+                per_seed = [
+                    sum(float(r["dice"]) * r["n_cases"] for r in rows
+                        if r["label"] == label and r["seed"] == seed and r["protocol"] in names) / patients
+                    for seed in seeds
+                ]  # fmt: skip
+                values.append(cell(over_seeds(per_seed), digits) if per_seed else "–")
+            kind = "unseen" if unseen else "seen"
+            summary_body.append([f"{title}, {kind} protocols ({len(names)})", str(patients), *values])
+    seen_unseen = markdown_table(["test", "patients", *labels], summary_body)
+    return per_protocol, seen_unseen
+
+
 def over_seeds(values: Sequence[float]) -> tuple[float, float, int]:
     """Mean and sample standard deviation (n - 1) over seeds, ignoring undefined values."""
     finite = [value for value in values if not math.isnan(value)]
@@ -166,6 +254,54 @@ def claim_rows(
                     ]
                 )
     return rows
+
+
+#: A model has converged (reached its plateau) when the best validation score of the last quarter of its
+#: training is less than this much above the best before it.
+PLATEAU_GAIN = 0.01
+
+
+def validation_curve(run: PlannedRun, runs: Sequence[PlannedRun]) -> list[float]:
+    """The validation scores of a run, in order (rounds.csv for a federation, metrics.csv otherwise)."""
+    folder = trained_dir(run, list(runs))
+    path = folder / ("rounds.csv" if METHODS[run.method].federated else "metrics.csv")
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [float(row["val_score"]) for row in csv.DictReader(handle) if row.get("val_score")]
+
+
+def last_quarter_gain(scores: Sequence[float]) -> float:
+    """Best score of the last quarter of the curve minus the best before it (nan for fewer than 4)."""
+    if len(scores) < 4:
+        return math.nan
+    split = len(scores) - max(1, len(scores) // 4)
+    return max(scores[split:]) - max(scores[:split])
+
+
+def _training_kind(method: str) -> str:
+    info = METHODS[method]
+    return "federated" if info.federated else "one site" if info.data == "site" else "pooled"
+
+
+def convergence_table(runs: Sequence[PlannedRun], point: str) -> str:
+    """Per method: best validation score, its gain over the last quarter of training per seed, plateau."""
+    body = []
+    for label in _labels(runs, point):
+        chosen = [run for run in runs if run.point == point and run.label == label]
+        curves = [validation_curve(run, runs) for run in chosen]
+        gains = [last_quarter_gain(curve) for curve in curves if curve]
+        if not gains:
+            continue
+        best = statistics.fmean(max(curve) for curve in curves if curve)
+        flat = all(not math.isnan(gain) and gain < PLATEAU_GAIN for gain in gains)
+        body.append(
+            [label, _training_kind(chosen[0].method), f"{best:.3f}",
+             ", ".join("–" if math.isnan(g) else f"{g:+.3f}" for g in gains), "yes" if flat else "**no**"]
+        )  # fmt: skip
+    return markdown_table(
+        ["method", "training", "best val score", "gain in the last quarter (per seed)", "plateau"], body
+    )
 
 
 # -- figures -------------------------------------------------------------------------------------------------
@@ -386,6 +522,25 @@ def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
         where = "" if point == "complete" else f" (MRI:CT {point})"
         text += [f"## Dice, mean over organs{where}\n", main_table(dice, runs, point, tests)]
         text += [f"## HD95 in mm, mean over organs{where}\n", main_table(hd95, runs, point, tests, digits=1)]
+    tables = protocol_tables(config, runs, main_point)
+    if tables is not None:
+        where = "" if main_point == "complete" else f" (MRI:CT {main_point})"
+        text += [
+            f"## Dice per test protocol{where}\n",
+            "Mean over organs per patient, then over the protocol's patients, then over seeds. `*` marks a "
+            "protocol that no training case of the sites was acquired with (unseen in training): where the "
+            "test data differ from the training data in scanner, sequence or contrast.\n",
+            tables[0],
+            "Seen against unseen protocols (mean over the patients of those protocols, ± std over seeds):\n",
+            tables[1],
+        ]
+    text += [
+        f"## Convergence{'' if main_point == 'complete' else f' (MRI:CT {main_point})'}\n",
+        "Validation score (mean Dice over the validation domains) once per round's worth of steps. A model "
+        f"is on its plateau when the best score of its last quarter of training is less than {PLATEAU_GAIN} "
+        "above the best before it; methods are compared where all are.\n",
+        convergence_table(runs, main_point),
+    ]
     text += ["## Claims of the paper and what this study measured\n"]
     claims = claim_rows(dice, config, points, tests)
     if claims:
@@ -424,4 +579,12 @@ def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
     return path
 
 
-__all__ = ["aggregate", "collect_results", "main_table", "over_seeds", "write_report"]
+__all__ = [
+    "aggregate",
+    "collect_protocol_results",
+    "collect_results",
+    "main_table",
+    "over_seeds",
+    "protocol_tables",
+    "write_report",
+]
