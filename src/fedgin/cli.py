@@ -658,13 +658,18 @@ def demo(
     study: Annotated[
         bool, typer.Option(help="Run the quick complete-scenario study on the prepared data.")
     ] = True,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated seeds of the demo's study; default 42 (the quick preset: 2)."),
+    ] = None,
 ) -> None:
     """The main job on the embedded data: generate, prepare, then the quick FedGIN study and its report."""
     from fedgin.demo import run_demo, run_demo_study
 
+    chosen = [int(seed) for seed in seeds.split(",") if seed.strip()] if seeds else None
     data = run_demo(out, subjects=subjects, workers=workers, console=console)
     if study:
-        run_demo_study(out, console=console, fresh=data.regenerated)
+        run_demo_study(out, console=console, fresh=data.regenerated, seeds=chosen)
 
 
 @app.command("study")
