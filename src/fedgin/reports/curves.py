@@ -25,7 +25,8 @@ def read_curve(path: Path) -> list[dict[str, float]]:
 
 
 def plot_learning_curve(csv_path: str | Path, out_png: str | Path, x: str = "step", title: str = "") -> Path:
-    """Two panels from a metrics.csv or rounds.csv: training loss, and validation Dice per domain."""
+    """Two panels from a metrics.csv or rounds.csv: training loss (and the learning rate, where recorded),
+    and validation Dice per domain."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,6 +42,13 @@ def plot_learning_curve(csv_path: str | Path, out_png: str | Path, x: str = "ste
     if loss_points:
         loss_axis.plot(*zip(*loss_points, strict=True), color="black")
     loss_axis.set(xlabel=x, ylabel="training loss", title="loss")
+    lr_points = [(row[x], row["lr"]) for row in rows if not math.isnan(row.get("lr", math.nan))]
+    if lr_points:  # the schedule beside the loss it shapes
+        lr_axis = loss_axis.twinx()
+        lr_axis.plot(*zip(*lr_points, strict=True), color="tab:gray", linestyle="--", linewidth=1)
+        lr_axis.set_ylabel("learning rate (dashed)", color="tab:gray")
+        lr_axis.set_ylim(bottom=0)
+        lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     for column in domains:
         points = [(row[x], row[column]) for row in rows if not math.isnan(row[column])]
         if points:
