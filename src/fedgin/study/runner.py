@@ -171,7 +171,7 @@ def run_study(
         f"{len(config.methods)} methods, {len(todo)} runs to train; step budget {budget} per model "
         f"(local models {local})"
     )
-    trained_now: set[Path] = set()
+    trained_now: list[str] = []
     for index, run in enumerate(todo, 1):
         where = f"[{index}/{len(todo)}] seed {run.seed}" + (
             f", {run.point}" if run.point != "complete" else ""
@@ -184,7 +184,7 @@ def run_study(
             log = Console(file=handle, width=120, force_terminal=False)
             console.print(f"{where}: {run.label} ...", end=" ")
             done = train_and_test(run, config, log)
-            trained_now.add(run.run_dir)
+            trained_now.append(str(run.run_dir))
         console.print(
             f"best val {done['best_val_score']:.3f}, {done['train_seconds']:.0f} s train + "
             f"{done['test_seconds']:.0f} s test"
@@ -199,7 +199,7 @@ def run_study(
             "seconds": round(seconds, 2),
             "prepare_seconds": round(prepared - started, 2),
             "report_seconds": round(time.perf_counter() - reporting, 2),
-            "trained": [str(run.run_dir) for run in todo if run.run_dir in trained_now],
+            "trained": trained_now,
         },
     )
     console.print(f"study {config.output} in {seconds / 60:.1f} min; report: {report}")
