@@ -142,6 +142,18 @@ def test_unknown_amos_label_values(tmp_path: Path) -> None:
     assert list(read_index(tmp_path / "cache")) == ["amos-amos_0001"]
 
 
+def test_label_values_that_are_not_whole_numbers(tmp_path: Path) -> None:
+    """A float label file with 2.5 in it is an intensity image or a resampling accident, not classes."""
+    root = tmp_path / "amos"
+    phantoms = write_amos(root, train_ids=[1, 2])
+    label = phantoms["amos_0002"].amos_label.astype(np.float32)
+    label[0, 0, 0] = 2.5
+    bad = save(label, phantoms["amos_0002"].affine, root / "labelsTr" / "amos_0002.nii.gz", "LPS")
+    report = prepare("amos", root, tmp_path / "cache", CONFIG, workers=1, progress=False)
+    assert report.failed == [f"{bad}: label has values that are not whole numbers (2.5)"]
+    assert list(read_index(tmp_path / "cache")) == ["amos-amos_0001"]
+
+
 def test_unknown_nnunet_label_values(tmp_path: Path) -> None:
     root = tmp_path / "nnunet"
     write_nnunet(root, ["a", "b"])

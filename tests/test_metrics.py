@@ -148,6 +148,31 @@ def test_organ_touching_the_volume_border() -> None:
     assert hd95(pred, ref, (1.0, 1.0, 1.0), percentile=100) == pytest.approx(1.0)
 
 
+@pytest.mark.filterwarnings("ignore:.*always_return_as_numpy:FutureWarning")
+def test_hd95_is_the_larger_directed_percentile_not_medpys_pooled_one() -> None:
+    """A false-positive blob far from the reference: only the pred -> ref distances have a tail. fedgin (and
+    MONAI with directed=False) take the larger directed 95th percentile; medpy's `hd95` pools both
+    directions' distances first and so reports less. The documentation states fedgin's convention."""
+    ref = box((40, 40, 10), (5, 5, 2), (20, 20, 8))
+    pred = ref | box((40, 40, 10), (30, 30, 2), (36, 36, 8))
+    spacing = (1.0, 1.0, 1.0)
+    to_ref, to_pred = surface_distances(pred, ref, spacing)
+    directed = (float(np.percentile(to_ref, 95)), float(np.percentile(to_pred, 95)))
+    pooled = float(np.percentile(np.concatenate([to_ref, to_pred]), 95))  # medpy's hd95
+    assert directed[1] == 0.0 and directed[0] > pooled + 1.0
+    assert hd95(pred, ref, spacing) == pytest.approx(directed[0])
+    one_hot = [torch.from_numpy(mask[None, None].astype(np.float32)) for mask in (pred, ref)]
+    monai_hd = compute_hausdorff_distance(*one_hot, percentile=95, spacing=spacing, directed=False)
+    assert hd95(pred, ref, spacing) == pytest.approx(float(monai_hd[0, 0]), rel=1e-5)
+
+    import fedgin.evaluation.metrics as metrics_module
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    for text in (" ".join(str(metrics_module.__doc__).split()), " ".join(readme.split())):
+        assert "larger of the two directed 95th percentiles" in text
+        assert "as MONAI and medpy" not in text and "medpy's `hd95`" in text
+
+
 def monai_metrics(
     pred: np.ndarray, ref: np.ndarray, labels: list[int], spacing: tuple[float, ...], tol: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ from fedgin.evaluation.metrics import (
     normalized_surface_dice,
     summarize,
     surface_distances,
-    surface_voxels,
     write_csv,
 )
 
@@ -22,6 +21,5 @@ __all__ = [
     "normalized_surface_dice",
     "summarize",
     "surface_distances",
-    "surface_voxels",
     "write_csv",
 ]

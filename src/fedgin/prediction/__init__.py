@@ -1,5 +1,6 @@
 """Segmenting new scans: NIfTI files or DICOM series in, label NIfTI files in the input's geometry out."""
 
+from fedgin.prediction.inputs import choose_modality, find_inputs
 from fedgin.prediction.model_file import (
     EXPORT_FORMAT,
     PredictionModel,
@@ -7,15 +8,8 @@ from fedgin.prediction.model_file import (
     load_prediction_model,
     training_preprocess,
 )
-from fedgin.prediction.run import (
-    CaseResult,
-    PredictionReport,
-    choose_modality,
-    find_inputs,
-    predict_label,
-    run_prediction,
-    volumes_table,
-)
+from fedgin.prediction.outputs import CaseResult, PredictionReport, volumes_table
+from fedgin.prediction.run import predict_label, run_prediction
 
 __all__ = [
     "EXPORT_FORMAT",

@@ -1,4 +1,8 @@
-"""DICOM series folders: find the series (SimpleITK/GDCM), read one as a RAS+ nibabel image."""
+"""DICOM series folders: find the series (SimpleITK/GDCM), read one as a RAS+ nibabel image.
+
+Classic series (one file per slice) are read with SimpleITK; an enhanced (multi-frame) CT or MR file, whose
+geometry lives in its functional groups, with pydicom.
+"""
 
 from __future__ import annotations
 
@@ -126,18 +130,24 @@ def lps_to_ras_affine(spacing, origin, direction) -> np.ndarray:
     return LPS_TO_RAS @ lps
 
 
-def _check_slice_spacing(series: DicomSeries, reader, normal: np.ndarray) -> None:
-    """Unevenly spaced slices (a missing file, two acquisitions in one series) would make the affine lie."""
+def _slice_positions(series: DicomSeries, reader, normal: np.ndarray) -> list[float] | None:
+    """Each file's position along the slice normal (mm); None when a file does not say where it lies."""
     positions = []
     for index in range(len(series.files)):
         if not reader.HasMetaDataKey(index, TAG_IMAGE_POSITION):
-            return  # multi-frame or odd files: nothing to compare, trust the reader
+            return None  # odd files: nothing to compare, trust the reader
         try:
             point = [float(v) for v in reader.GetMetaData(index, TAG_IMAGE_POSITION).split("\\")]
         except ValueError:
-            return
+            return None
         positions.append(float(np.dot(point, normal)))
-    if len(positions) < 3:
+    return positions
+
+
+def _check_slice_spacing(series: DicomSeries, positions: list[float]) -> None:
+    """Unevenly spaced slices (a missing file, two acquisitions in one series) would make the affine lie,
+    and two slices at one position (even the only two) would get a made-up spacing."""
+    if len(positions) < 2:
         return
     steps = np.abs(np.diff(positions))
     median = float(np.median(steps))
@@ -155,13 +165,23 @@ def _check_slice_spacing(series: DicomSeries, reader, normal: np.ndarray) -> Non
 
 
 def read_series(series: DicomSeries) -> DicomVolume:
-    """Read a series with SimpleITK and convert it to a float32 nibabel image with the RAS+ affine.
+    """Read a series with SimpleITK (an enhanced multi-frame file with pydicom, see `_read_enhanced`) and
+    convert it to a float32 nibabel image with the RAS+ affine.
 
     ITK arrays are (z, y, x) in LPS; the voxel data are transposed to (x, y, z) and the affine's first two
     world axes negated, so the nibabel image describes the same voxels at the same places.
     """
     import SimpleITK as sitk
 
+    frames = _frame_count(series.files[0])
+    if frames > 1:
+        if len(series.files) > 1:
+            raise DataError(
+                series.folder,
+                f"DICOM series {series.uid} is split over {len(series.files)} multi-frame files; fedgin "
+                "reads an enhanced (multi-frame) series from a single file",
+            )
+        return _read_enhanced(series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(series.files))
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -184,10 +204,111 @@ def read_series(series: DicomSeries) -> DicomVolume:
             f"DICOM series {series.uid} is a single 2D slice (size {size}); fedgin predict needs a 3D volume",
         )
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    _check_slice_spacing(series, reader, direction[:, 2])
+    positions = _slice_positions(series, reader, direction[:, 2])
+    if positions is not None:
+        _check_slice_spacing(series, positions)
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
     affine = lps_to_ras_affine(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     modality = series.modality
     if not modality and reader.HasMetaDataKey(0, TAG_MODALITY):
         modality = reader.GetMetaData(0, TAG_MODALITY).strip()
+    return DicomVolume(nib.Nifti1Image(data, affine), modality.upper(), series)
+
+
+def _frame_count(path: str) -> int:
+    """NumberOfFrames of a DICOM file's header (1 when absent or unreadable: the classic reader decides)."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(header.get("NumberOfFrames") or 1)
+    except Exception:  # pydicom raises many types for odd headers; SimpleITK reports those files
+        return 1
+
+
+#: What places an enhanced file's frames in space: (what to call it, functional group, attribute).
+_FRAME_GEOMETRY = (
+    ("per-frame positions (Plane Position Sequence > Image Position Patient)", "PlanePositionSequence",
+     "ImagePositionPatient"),
+    ("orientation (Plane Orientation Sequence > Image Orientation Patient)", "PlaneOrientationSequence",
+     "ImageOrientationPatient"),
+    ("pixel spacing (Pixel Measures Sequence > Pixel Spacing)", "PixelMeasuresSequence", "PixelSpacing"),
+)  # fmt: skip
+
+
+def _functional_values(ds, sequence: str, keyword: str, default=None) -> list:
+    """Per frame, `keyword` of the first item of `sequence` in that frame's functional groups, else in the
+    shared ones, else `default`."""
+    shared_groups = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_groups[0] if shared_groups else None
+    values = []
+    for frame in ds.get("PerFrameFunctionalGroupsSequence") or []:
+        value = default
+        for group in (frame, shared):
+            items = group.get(sequence) if group is not None else None
+            if items and keyword in items[0]:
+                value = items[0][keyword].value
+                break
+        values.append(value)
+    return values
+
+
+def _read_enhanced(series: DicomSeries) -> DicomVolume:
+    """An enhanced (multi-frame) file as a volume: frames placed by their Plane Position, oriented by the
+    Plane Orientation and scaled by the Pixel Measures of the functional groups, sorted along the normal."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(series.files[0])
+    except Exception as error:
+        raise DataError(series.folder, f"DICOM series {series.uid} is unreadable ({error})") from None
+    what = f"DICOM series {series.uid} is an enhanced (multi-frame) file"
+    n_frames = int(ds.NumberOfFrames)
+    n_groups = len(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    if n_groups != n_frames:
+        raise DataError(
+            series.folder,
+            f"{what} of {n_frames} frames with {n_groups} Per-frame Functional Groups items; each frame "
+            "needs its own Plane Position to be placed in space",
+        )
+    found = {name: _functional_values(ds, sequence, keyword) for name, sequence, keyword in _FRAME_GEOMETRY}
+    missing = [name for name, values in found.items() if any(value is None for value in values)]
+    if missing:
+        raise DataError(series.folder, f"{what} without {' and '.join(missing)}; its frames cannot be placed")
+    positions, orientations, spacings = (np.asarray(values, dtype=float) for values in found.values())
+    if not (np.allclose(orientations, orientations[0], atol=1e-4) and np.allclose(spacings, spacings[0])):
+        raise DataError(series.folder, f"{what} whose frames differ in orientation or pixel spacing")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise DataError(
+            series.folder,
+            f"DICOM series {series.uid} has {ds.SamplesPerPixel} colour components per voxel; expected "
+            "greyscale CT or MRI",
+        )
+    size = (int(ds.Columns), int(ds.Rows), n_frames)
+    if min(size) < 2:
+        raise DataError(
+            series.folder,
+            f"DICOM series {series.uid} is a single 2D slice (size {size}); fedgin predict needs a 3D volume",
+        )
+    row_direction, column_direction = orientations[0][:3], orientations[0][3:]
+    normal = np.cross(row_direction, column_direction)
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    _check_slice_spacing(series, along[order].tolist())
+    try:
+        stored = np.asarray(ds.pixel_array, dtype=np.float64)  # (frame, row, column)
+    except Exception as error:  # e.g. a compression pydicom has no decoder for
+        raise DataError(series.folder, f"{what} whose pixel data are unreadable ({error})") from None
+    transform = "PixelValueTransformationSequence"
+    slope = np.asarray(_functional_values(ds, transform, "RescaleSlope", ds.get("RescaleSlope", 1.0)), float)
+    intercept = np.asarray(
+        _functional_values(ds, transform, "RescaleIntercept", ds.get("RescaleIntercept", 0.0)), float
+    )
+    frames = stored * slope[:, None, None] + intercept[:, None, None]
+    data = frames[order].transpose(2, 1, 0).astype(np.float32)  # (x, y, z), as SimpleITK's arrays become
+    step = float(along[order[-1]] - along[order[0]]) / (n_frames - 1)
+    row_spacing, column_spacing = spacings[0]
+    direction = np.column_stack([row_direction, column_direction, normal])
+    affine = lps_to_ras_affine((column_spacing, row_spacing, step), positions[order[0]], direction)
+    modality = series.modality or str(ds.get("Modality", "")).strip()
     return DicomVolume(nib.Nifti1Image(data, affine), modality.upper(), series)

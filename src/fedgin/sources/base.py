@@ -15,11 +15,10 @@ import numpy as np
 from fedgin.config import Modality
 from fedgin.errors import ConfigError, DataError
 from fedgin.labels import remap_labels
+from fedgin.nifti import read_image, read_label
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = get_args(Split)
-#: Relative tolerance when comparing the affines of an image and its labels.
-AFFINE_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -88,86 +87,18 @@ class SourceCase:
         return LoadedCase(nib.Nifti1Image(image_data, image_nifti.affine), label)
 
 
-def load_nifti(path: Path) -> nib.spatialimages.SpatialImage:
-    """Open a NIfTI header; DataError naming the file when it is missing, empty or unreadable."""
-    if not path.exists():
-        raise DataError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise DataError(path, "empty file (0 bytes)")
-    try:
-        return nib.load(path)
-    except Exception as error:  # nibabel raises many types for corrupt headers
-        raise DataError(path, f"unreadable NIfTI ({type(error).__name__}: {error})") from None
-
-
-def read_array(path: Path, nifti: nib.spatialimages.SpatialImage, as_float: bool) -> np.ndarray:
-    """The voxel data of an opened NIfTI; DataError naming the file when the data cannot be read."""
-    # Data are read lazily: a truncated gzip only shows up here, as zlib.error, EOFError, OSError, ...
-    try:
-        if as_float:
-            return nifti.get_fdata(dtype=np.float32)
-        return np.asanyarray(nifti.dataobj)
-    except Exception:
-        raise DataError(path, "unreadable (truncated or corrupt gzip?)") from None
-
-
-def _squeeze_to_3d(path: Path, data: np.ndarray, what: str) -> np.ndarray:
-    # A 4D file with a trailing singleton dimension (x, y, z, 1) is a 3D volume in disguise.
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim < 3:
-        raise DataError(path, f"{what} is {data.ndim}D (shape {data.shape}), expected a 3D volume")
-    if data.ndim > 3:
-        raise DataError(path, f"{what} is {data.ndim}D (shape {data.shape}), expected a 3D volume")
-    return data
-
-
-def read_image(path: Path) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
-    """Load an image volume as float32 and check it is 3D and finite."""
-    nifti = load_nifti(path)
-    data = _squeeze_to_3d(path, read_array(path, nifti, as_float=True), "image")
-    finite = np.isfinite(data)
-    if not finite.all():
-        nan_count = int(np.isnan(data).sum())
-        inf_count = int(data.size - finite.sum() - nan_count)
-        raise DataError(path, f"image has non-finite voxels ({nan_count} NaN, {inf_count} Inf)")
-    return nifti, data
-
-
-def _check_same_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, ref_shape, ref_affine) -> None:
-    if tuple(shape) != tuple(ref_shape):
-        raise DataError(path, f"shape {tuple(shape)} differs from the image's {tuple(ref_shape)}")
-    scale = max(1.0, float(np.abs(ref_affine[:3, :3]).max()))
-    if not np.allclose(affine, ref_affine, rtol=AFFINE_TOLERANCE, atol=AFFINE_TOLERANCE * scale):
-        raise DataError(
-            path,
-            "affine differs from the image's "
-            f"(max difference {float(np.abs(affine - ref_affine).max()):.4g}); they must share a grid",
-        )
-
-
-def _read_label_file(path: Path, ref_shape: tuple[int, ...], ref_affine: np.ndarray) -> np.ndarray:
-    nifti = load_nifti(path)
-    data = _squeeze_to_3d(path, read_array(path, nifti, as_float=False), "label")
-    _check_same_grid(path, data.shape, nifti.affine, ref_shape, ref_affine)
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        raise DataError(path, "label has non-finite voxels (NaN or Inf)")
-    return data
-
-
 def read_labels(spec: LabelSpec, ref_shape: tuple[int, ...], ref_affine: np.ndarray) -> np.ndarray:
     """Read labels per `spec` on the image's grid and return the fedgin uint8 label volume."""
     if isinstance(spec, MaskLabels):
         label = np.zeros(ref_shape, np.uint8)
         for path, fedgin_class in spec.masks:
-            mask = _read_label_file(path, ref_shape, ref_affine)
+            _, mask = read_label(path, (ref_shape, ref_affine))
             values = np.unique(mask)
             if not np.isin(values, (0, 1)).all():
-                shown = [float(v) if v != int(v) else int(v) for v in values[:10]]
-                raise DataError(path, f"mask is not binary: values {shown}")
+                raise DataError(path, f"mask is not binary: values {[int(v) for v in values[:10]]}")
             label[mask > 0] = fedgin_class
         return label
-    data = _read_label_file(spec.path, ref_shape, ref_affine)
+    _, data = read_label(spec.path, (ref_shape, ref_affine))
     label, unknown = remap_labels(data, spec.mapping)
     if unknown:
         raise DataError(spec.path, f"label values outside the known map: {unknown[:20]}")
