@@ -12,7 +12,7 @@ import pytest
 from fedgin.config import SynthConfig
 from fedgin.errors import DataError
 from fedgin.evaluation.evaluate import evaluate_folders
-from fedgin.reports import comparison_table
+from fedgin.evaluation.results import comparison_table
 from fedgin.synth import make_subject
 
 

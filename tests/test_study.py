@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from rich.console import Console
 from fedgin.errors import ConfigError
 from fedgin.study import PRESETS, StudyConfig, load_study, plan_study, preset_path, run_study
 from fedgin.study.plan import unique_runs
-from fedgin.study.runner import StudyDataChanged, data_fingerprint
+from fedgin.study.report import write_report
+from fedgin.study.runner import StudyDataChanged, data_fingerprint, keep_missing_slices
 
 
 def study_config(caches: dict[str, Path], output: Path, **overrides: object) -> StudyConfig:
@@ -167,6 +169,26 @@ def test_miniature_study_report_matches_the_runs(caches: dict[str, Path], tmp_pa
     with pytest.raises(StudyDataChanged, match="cached data changed"):
         run_study(config, resume=True, console=Console(file=io.StringIO()))
 
+    # The report reads files only: the overlays come from the slices the test evaluations kept. Those of
+    # an earlier fedgin kept none; resuming keeps them from the best checkpoints, and the report is the same.
+    kept = sorted((out / "runs").glob("*/*/test/kept_slices/*.npz"))
+    assert len(kept) == 2 * 2  # two runs x one CT and one MRI test case
+    for path in kept:
+        path.unlink()
+    keep_missing_slices(config, result.runs)
+    assert sorted((out / "runs").glob("*/*/test/kept_slices/*.npz")) == kept
+    for run in result.runs:
+        shutil.rmtree(run.run_dir / "checkpoints")
+    (out / "figures" / "overlays.png").unlink()
+    assert write_report(config, result.runs).read_text(encoding="utf-8") == report
+    assert (out / "figures" / "overlays.png").stat().st_size > 5000
+    # Neither kept slices nor checkpoints: the report says why it has no overlay figure.
+    for path in kept:
+        path.unlink()
+    keep_missing_slices(config, result.runs)
+    without = write_report(config, result.runs).read_text(encoding="utf-8")
+    assert "No overlay figure: 4 test slices were not kept" in without and "overlays.png" not in without
+
 
 def test_data_fingerprint_follows_the_cached_cases(caches: dict[str, Path], tmp_path: Path) -> None:
     import shutil
@@ -188,3 +210,26 @@ def test_data_fingerprint_follows_the_cached_cases(caches: dict[str, Path], tmp_
     assert {k: v for k, v in after.items() if k != str(copy)} == {
         k: v for k, v in before.items() if k != str(copy)
     }
+
+
+def test_resume_accepts_a_study_recorded_before_new_settings_existed(
+    caches: dict[str, Path], tmp_path: Path
+) -> None:
+    """A study.toml written before a setting was added (here GIN's kernel_sizes and alpha_range) is the
+    same study when the new settings hold their defaults; a changed setting still refuses --resume."""
+    import tomli_w
+
+    from fedgin.study.runner import _check_output
+
+    config = study_config(caches, tmp_path / "study")
+    config.output.mkdir(parents=True)
+    recorded = config.model_dump(mode="json", exclude_none=True)
+    for added in ("kernel_sizes", "alpha_range"):
+        del recorded["gin"][added]
+    (config.output / "study.toml").write_text(tomli_w.dumps(recorded))
+    _check_output(config, resume=True, overwrite=False)
+
+    recorded["seeds"] = [*recorded["seeds"], 99]
+    (config.output / "study.toml").write_text(tomli_w.dumps(recorded))
+    with pytest.raises(ConfigError, match=r"other settings \(seeds differ\)"):
+        _check_output(config, resume=True, overwrite=False)

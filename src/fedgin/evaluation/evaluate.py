@@ -27,10 +27,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,8 +39,15 @@ from rich.table import Table
 
 from fedgin.errors import DataError
 from fedgin.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, evaluate_case, summarize
+from fedgin.evaluation.results import KEPT_DIR, KeptSlice, save_kept_slice
+from fedgin.figures import most_foreground_slice
 from fedgin.io_utils import atomic_write_json, atomic_write_text
 from fedgin.labels import LABEL_NAMES, ORGANS
+from fedgin.nifti import by_case_name, nifti_files, nifti_stem, read_label
+
+if TYPE_CHECKING:
+    from fedgin.cache import Cache, CacheEntry
+    from fedgin.config import RunConfig
 
 __all__ = [
     "CASE_COLUMNS",
@@ -51,6 +58,7 @@ __all__ = [
     "EvaluationResult",
     "evaluate_checkpoint",
     "evaluate_folders",
+    "keep_best_slices",
     "summary_table",
 ]
 
@@ -75,12 +83,11 @@ CONVENTIONS: dict[str, str] = {
     MEAN_ORGAN: "per case the mean over the organs (HD95 over the defined values), then mean and std "
     "over the patients",
 }
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 @dataclass
 class EvaluationResult:
-    """Per-case rows, summary rows, where they were written and what was evaluated."""
+    """Per-case rows, summary rows, where they were written, what was evaluated and the slices kept."""
 
     rows: list[dict[str, Any]]
     summary: list[dict[str, Any]]
@@ -90,6 +97,7 @@ class EvaluationResult:
     n_cases: int
     nsd_tolerance_mm: float
     info: dict[str, Any] = field(default_factory=dict)
+    kept_slices: list[Path] = field(default_factory=list)
 
     @property
     def n_both_empty(self) -> int:
@@ -180,9 +188,13 @@ def _write_outputs(
     method: str | None,
     tolerance: float,
     info: dict[str, Any],
+    kept: Sequence[KeptSlice] | None = None,
 ) -> EvaluationResult:
+    """Write the evaluation's files (kept slices first, summary.json last); `kept` None leaves the folder's
+    kept slices alone, a sequence replaces them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    kept_paths = [] if kept is None else _replace_kept(out_dir, kept)
     summary = _summary(rows, method)
     case_columns = (*(("method",) if method is not None else ()), *CASE_COLUMNS, *METRIC_COLUMNS)
     summary_columns: list[str] = []
@@ -197,6 +209,7 @@ def _write_outputs(
         n_cases=len({row["case_id"] for row in rows}),
         nsd_tolerance_mm=tolerance,
         info=info,
+        kept_slices=kept_paths,
     )
     atomic_write_text(result.per_case_csv, _csv_text(rows, case_columns))
     atomic_write_text(result.summary_csv, _csv_text(summary, summary_columns))
@@ -210,11 +223,22 @@ def _write_outputs(
         "n_both_empty": result.n_both_empty,
         "n_hd95_undefined": result.n_hd95_undefined,
         "conventions": CONVENTIONS,
-        "files": {"per_case": result.per_case_csv.name, "summary": result.summary_csv.name},
+        "files": {
+            "per_case": result.per_case_csv.name,
+            "summary": result.summary_csv.name,
+            **({KEPT_DIR: [path.name for path in kept_paths]} if kept_paths else {}),
+        },
         "summary": summary,
     }
     atomic_write_json(result.summary_json, _json_safe(document))
     return result
+
+
+def _replace_kept(out_dir: Path, kept: Sequence[KeptSlice]) -> list[Path]:
+    """Write `kept`; the slices an earlier evaluation kept in this folder go (they were another model's)."""
+    for stale in sorted((out_dir / KEPT_DIR).glob("*.npz")):
+        stale.unlink()
+    return [save_kept_slice(out_dir, one) for one in kept]
 
 
 def _progress(enabled: bool) -> Progress:
@@ -226,32 +250,13 @@ def _progress(enabled: bool) -> Progress:
 # A checkpoint on cached cases
 
 
-def evaluate_checkpoint(
-    checkpoint: Path,
-    caches: Sequence[Path],
-    out_dir: Path,
-    split: str | None = "test",
-    device: str | torch.device = "auto",
-    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
-    progress: bool = True,
-    method: str | None = None,
-    amp: bool = False,
-    batch_size: int = 32,
-) -> EvaluationResult:
-    """Predict every selected cached case with the checkpoint's model and score it per organ.
-
-    Cases are those of `split` (every split when None) in each cache folder. Each case is predicted as a
-    whole volume (2D models slice by slice, stacked back) and scored in the cache grid with its cached
-    spacing, reordered to the arrays' (z, y, x) axes. Writes per_case.csv, summary.csv and summary.json
-    into `out_dir` (see the module docstring). Raises DataError for an unusable checkpoint or cache, for a
-    case id found in two caches, and when no case is selected.
-    """
+def _select_cached(
+    caches: Sequence[Path], split: str | None, out_dir: Path
+) -> list[tuple[Cache, CacheEntry]]:
+    """The cases of `split` (every split when None) in each cache folder, in order; DataError for no cache,
+    a case id found in two caches, and when no case is selected."""
     from fedgin.cache import Cache
-    from fedgin.checkpoints import load_model
-    from fedgin.evaluation.inference import predict_volume
-    from fedgin.model import resolve_device
 
-    checkpoint, caches = Path(checkpoint), [Path(c) for c in caches]
     if not caches:
         raise DataError(Path(out_dir), "no cache folder to evaluate on")
     opened = [Cache(path) for path in caches]
@@ -270,30 +275,86 @@ def evaluate_checkpoint(
             caches[0],
             f"no cases with split {split!r} in {', '.join(str(c) for c in caches)} (splits there: {splits})",
         )
+    return selected
+
+
+def _load_case(cache: Cache, entry: CacheEntry) -> tuple[np.ndarray, np.ndarray]:
+    """(image, reference) of a cached case, (z, y, x) each."""
+    image = cache.load_image(entry)
+    ref = np.asarray(cache.load_label(entry))
+    if image.shape != ref.shape:
+        raise DataError(
+            cache.path / entry.label_file, f"label shape {ref.shape} differs from image {image.shape}"
+        )
+    return image, ref
+
+
+def _checkpoint_predictor(
+    checkpoint: Path, device: str | torch.device, amp: bool, batch_size: int
+) -> tuple[Callable[[np.ndarray], np.ndarray], RunConfig, torch.device]:
+    """(image volume -> label volume with the checkpoint's model, the checkpoint's run config, device)."""
+    from fedgin.checkpoints import load_model
+    from fedgin.evaluation.inference import predict_volume
+    from fedgin.model import resolve_device
 
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     model, config = load_model(checkpoint, torch_device)
-    dimensions = config.model.dimensions
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        return predict_volume(
+            model,
+            image,
+            torch_device,
+            dimensions=config.model.dimensions,
+            batch_size=batch_size,
+            amp=amp,
+            roi_size=config.model.patch_size,
+        )
+
+    return predict, config, torch_device
+
+
+def _best_slice(entry: CacheEntry, image: np.ndarray, ref: np.ndarray, pred: np.ndarray) -> KeptSlice:
+    """The case's axial slice with the most reference organ voxels: the same slice for every model."""
+    z = most_foreground_slice(ref)
+    return KeptSlice(entry.case_id, entry.domain, entry.modality, z, np.array(image[z]), ref[z], pred[z])
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    caches: Sequence[Path],
+    out_dir: Path,
+    split: str | None = "test",
+    device: str | torch.device = "auto",
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+    progress: bool = True,
+    method: str | None = None,
+    amp: bool = False,
+    batch_size: int = 32,
+    keep_slices: Collection[str] = (),
+) -> EvaluationResult:
+    """Predict every selected cached case with the checkpoint's model and score it per organ.
+
+    Cases are those of `split` (every split when None) in each cache folder. Each case is predicted as a
+    whole volume (2D models slice by slice, stacked back) and scored in the cache grid with its cached
+    spacing, reordered to the arrays' (z, y, x) axes. Writes per_case.csv, summary.csv and summary.json
+    into `out_dir` (see the module docstring). For the cases of `keep_slices` (case ids) it also keeps
+    the slice with the most reference organ voxels (image, reference, prediction) in
+    `out_dir/kept_slices/<case_id>.npz` (see `fedgin.evaluation.results`), so that figures need no model;
+    slices an earlier evaluation kept there are removed. Raises DataError for an unusable checkpoint or
+    cache, for a case id found in two caches, and when no case is selected.
+    """
+    checkpoint, caches = Path(checkpoint), [Path(c) for c in caches]
+    selected = _select_cached(caches, split, out_dir)
+    predict, config, torch_device = _checkpoint_predictor(checkpoint, device, amp, batch_size)
 
     rows: list[dict[str, Any]] = []
+    kept: list[KeptSlice] = []
     with _progress(progress) as bar:
         task = bar.add_task(f"evaluate {checkpoint.name}", total=len(selected))
         for cache, entry in selected:
-            image = cache.load_image(entry)
-            ref = np.asarray(cache.load_label(entry))
-            if image.shape != ref.shape:
-                raise DataError(
-                    cache.path / entry.label_file, f"label shape {ref.shape} differs from image {image.shape}"
-                )
-            pred = predict_volume(
-                model,
-                image,
-                torch_device,
-                dimensions=dimensions,
-                batch_size=batch_size,
-                amp=amp,
-                roi_size=config.model.patch_size,
-            )
+            image, ref = _load_case(cache, entry)
+            pred = predict(image)
             spacing_zyx = tuple(float(s) for s in reversed(entry.spacing))
             case = {
                 **({"method": method} if method is not None else {}),
@@ -305,49 +366,59 @@ def evaluate_checkpoint(
                 "protocol": entry.protocol,
             }
             rows.extend(_case_rows(case, pred, ref, spacing_zyx, nsd_tolerance_mm))
+            if entry.case_id in keep_slices:
+                kept.append(_best_slice(entry, image, ref, pred))
             bar.advance(task)
     info = {
         "kind": "checkpoint",
         "checkpoint": str(checkpoint),
         "caches": [str(c) for c in caches],
         "split": split,
-        "model_dimensions": dimensions,
+        "model_dimensions": config.model.dimensions,
         "device": str(torch_device),
         "grid": "cache (preprocessed) grid; spacing from the cache index, applied in (z, y, x) order",
     }
-    return _write_outputs(rows, out_dir, method, nsd_tolerance_mm, info)
+    return _write_outputs(rows, out_dir, method, nsd_tolerance_mm, info, kept)
+
+
+def keep_best_slices(
+    checkpoint: Path,
+    caches: Sequence[Path],
+    out_dir: Path,
+    case_ids: Collection[str],
+    split: str | None = "test",
+    device: str | torch.device = "auto",
+    amp: bool = False,
+    batch_size: int = 32,
+) -> list[Path]:
+    """Keep the best slices of `case_ids` in `out_dir` as `evaluate_checkpoint(keep_slices=...)` does,
+    predicting only those cases: for an evaluation written without them (by an earlier fedgin). Nothing
+    is scored and no other file is touched; returns the files written."""
+    checkpoint, caches = Path(checkpoint), [Path(c) for c in caches]
+    selected = _select_cached(caches, split, out_dir)
+    chosen = [(cache, entry) for cache, entry in selected if entry.case_id in case_ids]
+    if not chosen:
+        return []
+    predict, _, _ = _checkpoint_predictor(checkpoint, device, amp, batch_size)
+    written = []
+    for cache, entry in chosen:
+        image, ref = _load_case(cache, entry)
+        written.append(save_kept_slice(out_dir, _best_slice(entry, image, ref, predict(image))))
+    return written
 
 
 # --------------------------------------------------------------------------------------------------------
 # A folder of predictions against a folder of reference labels
 
 
-def _case_name(path: Path) -> str:
-    for suffix in _NIFTI_SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.stem
-
-
-def _label_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_NIFTI_SUFFIXES))
-
-
 def _read_label(path: Path):
     """(array, affine, zooms) of a NIfTI label file; DataError naming the file when it cannot be used."""
-    from fedgin.sources.base import load_nifti, read_array
-
-    nifti = load_nifti(path)
-    data = read_array(path, nifti, as_float=False)
-    while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1) is a 3D volume
-        data = data[..., 0]
-    if data.ndim not in (2, 3):
-        raise DataError(path, f"label is {data.ndim}D (shape {data.shape}), expected 2D or 3D")
+    nifti, data = read_label(path, dims=(2, 3))
     zooms = tuple(float(z) for z in nifti.header.get_zooms()[: data.ndim])
     if not all(math.isfinite(z) and z > 0 for z in zooms):
         raise DataError(path, f"voxel spacing {zooms} in the header is not positive")
     values = np.unique(data)
-    unknown = [v for v in values.tolist() if not (float(v).is_integer() and int(v) in LABEL_NAMES)]
+    unknown = [v for v in values.tolist() if int(v) not in LABEL_NAMES]  # whole numbers: read_label
     if unknown:
         shown = ", ".join(f"{v:g}" for v in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
         raise DataError(
@@ -383,20 +454,16 @@ def evaluate_folders(
     for folder, what in ((ref_dir, "reference"), (pred_dir, "prediction")):
         if not folder.is_dir():
             raise DataError(folder, f"{what} folder not found")
-    references = _label_files(ref_dir)
+    references = nifti_files(ref_dir)
     if not references:
         raise DataError(ref_dir, "no reference label files (*.nii.gz, *.nii) here")
-    names: dict[str, Path] = {}
-    for ref in references:
-        if _case_name(ref) in names:
-            raise DataError(ref, f"same case name as {names[_case_name(ref)]}; keep one of them")
-        names[_case_name(ref)] = ref
+    by_case_name(references)  # case.nii beside case.nii.gz: refused before anything is read
     missing = [pred_dir / ref.name for ref in references if not (pred_dir / ref.name).is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(missing[0], f"prediction missing for reference {ref_dir / missing[0].name}{more}")
     reference_names = {ref.name for ref in references}
-    extra = [p.name for p in _label_files(pred_dir) if p.name not in reference_names]
+    extra = [p.name for p in nifti_files(pred_dir) if p.name not in reference_names]
 
     rows: list[dict[str, Any]] = []
     with _progress(progress) as bar:
@@ -418,7 +485,7 @@ def evaluate_folders(
                 )
             case = {
                 **({"method": method} if method is not None else {}),
-                "case_id": _case_name(ref_path),
+                "case_id": nifti_stem(ref_path),
                 "source": "",
                 "modality": modality or UNKNOWN,
                 "domain": domain or UNKNOWN,

@@ -1,4 +1,8 @@
-"""The study's report: tables (mean +- std over seeds), the paper's claims beside measured ones, figures."""
+"""The study's report: tables (mean +- std over seeds), the paper's claims beside measured ones, figures.
+
+Everything is read from the files the runs and their test evaluations wrote (no model is loaded): the
+overlay figure shows the slices the evaluations kept.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
-
-from fedgin.io_utils import atomic_path, atomic_write_text
+from fedgin import figures
+from fedgin.evaluation.results import MEAN_ROW, kept_slice_path, read_kept_slice, read_summary
+from fedgin.io_utils import atomic_write_text
 from fedgin.labels import ORGANS
-from fedgin.reports.tables import MEAN_ROW, read_summary
 from fedgin.study.config import METHODS, StudyConfig
 from fedgin.study.plan import PlannedRun, trained_dir
 
@@ -261,14 +260,20 @@ def claim_rows(
 PLATEAU_GAIN = 0.01
 
 
-def validation_curve(run: PlannedRun, runs: Sequence[PlannedRun]) -> list[float]:
-    """The validation scores of a run, in order (rounds.csv for a federation, metrics.csv otherwise)."""
+def _validated_rows(run: PlannedRun, runs: Sequence[PlannedRun]) -> list[dict[str, str]]:
+    """The rows with a validation score of a run's history (rounds.csv for a federation, metrics.csv
+    otherwise), in order."""
     folder = trained_dir(run, list(runs))
     path = folder / ("rounds.csv" if METHODS[run.method].federated else "metrics.csv")
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as handle:
-        return [float(row["val_score"]) for row in csv.DictReader(handle) if row.get("val_score")]
+        return [row for row in csv.DictReader(handle) if row.get("val_score")]
+
+
+def validation_curve(run: PlannedRun, runs: Sequence[PlannedRun]) -> list[float]:
+    """The validation scores of a run, in order."""
+    return [float(row["val_score"]) for row in _validated_rows(run, runs)]
 
 
 def last_quarter_gain(scores: Sequence[float]) -> float:
@@ -304,147 +309,88 @@ def convergence_table(runs: Sequence[PlannedRun], point: str) -> str:
     )
 
 
-# -- figures -------------------------------------------------------------------------------------------------
-def plot_dice_per_organ(
-    stats: dict, runs: Sequence[PlannedRun], point: str, tests: Sequence[str], out: Path
-) -> Path:
-    """Grouped bars: Dice per organ and method, error bars = std over seeds, one panel per test modality."""
-    labels = _labels(runs, point)
-    panels = [test for test in tests if test in ("CT", "MRI")] or list(tests)
-    organs = [*ORGANS, MEAN_ROW]
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.2), squeeze=False, sharey=True)
-    width = 0.8 / max(1, len(labels))
-    colors = plt.get_cmap("tab10")
-    for ax, test in zip(axes[0], panels, strict=True):
-        for index, label in enumerate(labels):
-            values = [stats.get((point, label, test, organ), (math.nan, math.nan, 0)) for organ in organs]
-            means = [v[0] for v in values]
-            errors = [0.0 if math.isnan(v[1]) else v[1] for v in values]
-            x = np.arange(len(organs)) + (index - (len(labels) - 1) / 2) * width
-            ax.bar(x, means, width, yerr=errors, capsize=2, label=label, color=colors(index % 10))
-        ax.set_xticks(np.arange(len(organs)), [o if o != MEAN_ROW else "mean" for o in organs], rotation=20)
-        ax.set_ylim(0, 1)
-        ax.set_title(f"test: {test}")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("Dice (mean over patients; ± std over seeds)")
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=min(len(labels), 5))
-    rows_of_legend = math.ceil(len(labels) / 5)
-    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
-    return _save(fig, out)
+# -- what the figures show --------------------------------------------------------------------------------
+def main_point_of(runs: Sequence[PlannedRun]) -> str:
+    """The scenario point of the per-organ tables, convergence and figures: complete, else the last ratio."""
+    points = list(dict.fromkeys(run.point for run in runs))
+    return "complete" if "complete" in points else points[-1]
 
 
-def plot_dice_vs_ratio(
-    stats: dict, runs: Sequence[PlannedRun], points: Sequence[str], test: str, out: Path
-) -> Path:
-    """Limited scenario: test Dice (mean over organs) against the MRI:CT ratio, one line per method."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    labels = list(dict.fromkeys(label for point in points for label in _labels(runs, point)))
-    for label in labels:
-        values = [stats.get((point, label, test, MEAN_ROW), (math.nan, math.nan, 0)) for point in points]
-        means = [v[0] for v in values]
-        errors = [0.0 if math.isnan(v[1]) else v[1] for v in values]
-        ax.errorbar(range(len(points)), means, yerr=errors, marker="o", capsize=3, label=label)
-    ax.set_xticks(range(len(points)), points)
-    ax.set_xlabel("MRI : CT training cases")
-    ax.set_ylabel(f"{test} test Dice (mean over organs)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out)
-
-
-def plot_learning_curves(runs: Sequence[PlannedRun], point: str, seed: int, out: Path) -> Path:
-    """Validation score per round (pooled runs: per validation interval, which is one round's steps)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+def validation_curves(runs: Sequence[PlannedRun], point: str, seed: int) -> list[figures.ValidationCurve]:
+    """Validation score per round of the seed's models at `point` (pooled runs: per validation interval,
+    which is one round's steps); local models left out."""
+    curves = []
     for run in runs:
         if run.point != point or run.seed != seed or run.site is not None:
             continue
-        folder = trained_dir(run, list(runs))
-        federated = METHODS[run.method].federated
-        path = folder / ("rounds.csv" if federated else "metrics.csv")
-        if not path.is_file():
-            continue
-        with open(path, newline="", encoding="utf-8") as handle:
-            table = [row for row in csv.DictReader(handle) if row.get("val_score") not in (None, "")]
+        table = _validated_rows(run, runs)
         if not table:
             continue
+        federated = METHODS[run.method].federated
         interval = max(1, run.config.train.val_interval)
         x = [float(row["round"]) if federated else float(row["step"]) / interval for row in table]
-        ax.plot(x, [float(row["val_score"]) for row in table], marker="." if len(x) < 30 else None,
-                linestyle="-" if federated else "--", label=run.label)  # fmt: skip
-    ax.set_xlabel("round (pooled runs: the same number of steps)")
-    ax.set_ylabel("validation score (mean Dice over modalities)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"seed {seed}" + (f", {point}" if point != "complete" else ""))
-    fig.tight_layout()
-    return _save(fig, out)
+        curves.append(
+            figures.ValidationCurve(run.label, x, [float(row["val_score"]) for row in table], federated)
+        )
+    return curves
 
 
-def plot_overlays(config: StudyConfig, runs: Sequence[PlannedRun], point: str, out: Path) -> Path | None:
-    """Test slices (CT and MRI) with the reference and a few methods' predictions outlined."""
-    from fedgin.cache import Cache
-    from fedgin.checkpoints import load_model
-    from fedgin.evaluation.inference import predict_volume
+#: The methods the overlay figure shows, the first three of them that the study has.
+OVERLAY_METHODS = ("fedgin", "fl_no_gin", "centralized_gin", "ct_only", "mri_only")
 
-    wanted = ["fedgin", "fl_no_gin", "centralized_gin", "ct_only", "mri_only"]
+
+def overlay_runs(config: StudyConfig, runs: Sequence[PlannedRun], point: str) -> list[PlannedRun]:
+    """The runs whose predictions the overlay figure shows: the first seed's, of OVERLAY_METHODS."""
     seed = config.seeds[0]
     chosen = [
         run
-        for method in wanted
+        for method in OVERLAY_METHODS
         for run in runs
         if run.method == method and run.point == point and run.seed == seed and run.site is None
-    ][:3]
-    if not chosen or config.overlay_cases == 0:
-        return None
-    models = [load_model(trained_dir(run, list(runs)) / "checkpoints" / "best.pt")[0] for run in chosen]
+    ]
+    return chosen[:3]
+
+
+def overlay_case_ids(config: StudyConfig) -> list[str]:
+    """The test cases the overlay figure shows, whose slices the study's evaluations keep: the first
+    `overlay_cases` of each modality in each test cache, ordered by modality."""
+    from fedgin.cache import Cache
+
+    if config.overlay_cases == 0:
+        return []
     cases = []
     for spec in config.test:
-        cache = Cache(spec.cache)
         by_modality: dict[str, int] = defaultdict(int)
-        for entry in cache.cases(split=(spec.splits or ["test"])[0]):
+        for entry in Cache(spec.cache).cases(split=(spec.splits or ["test"])[0]):
             if by_modality[entry.modality] < config.overlay_cases:
                 by_modality[entry.modality] += 1
-                cases.append((cache, entry))
-    cases.sort(key=lambda item: item[1].modality)
-    fig, axes = plt.subplots(len(cases), 1 + len(models), figsize=(2.6 * (1 + len(models)), 2.6 * len(cases)),
-                             squeeze=False)  # fmt: skip
-    colors = plt.get_cmap("tab10")
-    for row, (cache, entry) in enumerate(cases):
-        image = np.asarray(cache.load_image(entry))
-        reference = np.asarray(cache.load_label(entry))
-        z = int(np.argmax((reference > 0).reshape(reference.shape[0], -1).sum(1)))
-        panels = [("reference", reference[z])]
-        for run, model in zip(chosen, models, strict=True):
-            predicted = predict_volume(model, image[z : z + 1], next(model.parameters()).device)
-            panels.append((run.label, predicted[0]))
-        for column, (title, labels) in enumerate(panels):
-            ax = axes[row][column]
-            ax.imshow(image[z], cmap="gray", origin="lower")
-            for index in range(1, len(ORGANS) + 1):
-                if (labels == index).any():
-                    ax.contour(labels == index, levels=[0.5], colors=[colors(index - 1)], linewidths=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(title, fontsize=9)
-            if column == 0:
-                ax.set_ylabel(f"{entry.domain}\n{entry.case_id}", fontsize=7)
-    handles = [plt.Line2D([], [], color=colors(i), label=organ) for i, organ in enumerate(ORGANS)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(ORGANS), fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return _save(fig, out)
+                cases.append((entry.modality, entry.case_id))
+    return [case_id for _, case_id in sorted(cases, key=lambda case: case[0])]
 
 
-def _save(fig: plt.Figure, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out
+def overlay_rows(
+    config: StudyConfig, runs: Sequence[PlannedRun], point: str
+) -> tuple[list[figures.OverlayRow], list[Path]]:
+    """The overlay figure's rows (reference, then each chosen run's prediction) from the slices the runs'
+    test evaluations kept, and the kept-slice files that are missing (then there are no rows)."""
+    chosen = overlay_runs(config, runs, point)
+    case_ids = overlay_case_ids(config) if chosen else []
+    paths = {
+        (run.label, case_id): kept_slice_path(trained_dir(run, list(runs)) / "test", case_id)
+        for run in chosen
+        for case_id in case_ids
+    }
+    missing = [path for path in paths.values() if not path.is_file()]
+    if missing or not paths:
+        return [], missing
+    rows = []
+    for case_id in case_ids:
+        kept = [read_kept_slice(paths[(run.label, case_id)]) for run in chosen]
+        panels = [("reference", kept[0].reference)] + [
+            (run.label, one.prediction) for run, one in zip(chosen, kept, strict=True)
+        ]
+        rows.append(figures.OverlayRow(f"{kept[0].domain}\n{case_id}", kept[0].image, panels))
+    return rows, []
 
 
 # -- report.md -----------------------------------------------------------------------------------------------
@@ -488,8 +434,8 @@ def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
     dice, hd95 = aggregate(rows, "dice"), aggregate(rows, "hd95")
     tests = _tests(rows)
     points = list(dict.fromkeys(run.point for run in runs))
-    main_point = "complete" if "complete" in points else points[-1]
-    figures = out / "figures"
+    main_point = main_point_of(runs)
+    figure_dir = out / "figures"
     fed = config.federation
     per_site = fed.rounds * (fed.local_steps or 0)
     text = [
@@ -517,7 +463,7 @@ def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
         ]
         text += [markdown_table(["method", *points], body)]
         text += ["![Dice against the ratio](figures/dice_vs_ratio.png)\n"]
-        plot_dice_vs_ratio(dice, runs, points, "MRI", figures / "dice_vs_ratio.png")
+        figures.plot_dice_vs_ratio(dice, list(labels), points, "MRI", figure_dir / "dice_vs_ratio.png")
     for point in points:
         where = "" if point == "complete" else f" (MRI:CT {point})"
         text += [f"## Dice, mean over organs{where}\n", main_table(dice, runs, point, tests)]
@@ -557,16 +503,29 @@ def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
     text += ["## HD95 per organ (mm)\n"]
     for test in [t for t in tests if t in ("CT", "MRI")]:
         text += [f"### test: {test}\n", organ_table(hd95, runs, main_point, test, digits=1)]
-    plot_dice_per_organ(dice, runs, main_point, tests, figures / "dice_per_organ.png")
-    plot_learning_curves(runs, main_point, config.seeds[0], figures / "learning_curves.png")
+    figures.plot_dice_per_organ(
+        dice, _labels(runs, main_point), main_point, tests, figure_dir / "dice_per_organ.png"
+    )
+    seed = config.seeds[0]
+    figures.plot_validation_curves(
+        validation_curves(runs, main_point, seed),
+        f"seed {seed}" + (f", {main_point}" if main_point != "complete" else ""),
+        figure_dir / "learning_curves.png",
+    )
     text += [
         "## Figures\n",
         "![Dice per organ and method](figures/dice_per_organ.png)\n",
         f"![Learning curves (seed {config.seeds[0]})](figures/learning_curves.png)\n",
     ]
-    if plot_overlays(config, runs, main_point, figures / "overlays.png") is not None:
+    overlays, missing = overlay_rows(config, runs, main_point)
+    if overlays:
+        figures.plot_overlays(overlays, figure_dir / "overlays.png")
+        text += [f"![Test slices: reference and predictions (seed {seed})](figures/overlays.png)\n"]
+    elif missing:
         text += [
-            f"![Test slices: reference and predictions (seed {config.seeds[0]})](figures/overlays.png)\n"
+            f"(No overlay figure: {len(missing)} test slices were not kept, e.g. {missing[0]}; evaluations "
+            "by an earlier fedgin kept none, and `fedgin study --resume` keeps them from the runs' best "
+            "checkpoints.)\n"
         ]
     text += [
         "## Files\n",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from fedgin.config import dump_toml, read_toml
-from fedgin.errors import ConfigError
+from fedgin.errors import ConfigError, FedginError
 from fedgin.io_utils import atomic_write_json
 from fedgin.study.config import METHODS, StudyConfig
 from fedgin.study.plan import PlannedRun, plan_study, unique_runs
@@ -97,6 +98,10 @@ def _check_output(config: StudyConfig, resume: bool, overwrite: bool) -> None:
             f"{config.output}: a study is already here; pass --resume to continue it or --overwrite"
         )
     before = read_toml(recorded)
+    # Read back through today's StudyConfig, so that settings added since (with their defaults) and
+    # other spellings of one value do not count as a change; what no longer validates does.
+    with contextlib.suppress(FedginError, ValueError):
+        before = StudyConfig.model_validate(before).model_dump(mode="json", exclude_none=True)
     now = config.model_dump(mode="json", exclude_none=True)
     if before != now:
         changed = sorted(key for key in {*before, *now} if before.get(key) != now.get(key))
@@ -110,6 +115,7 @@ def train_and_test(run: PlannedRun, config: StudyConfig, log: Console) -> dict:
     """Train one run (continuing a partial one), evaluate its best model on the test caches, mark it done."""
     from fedgin.evaluation.evaluate import evaluate_checkpoint
     from fedgin.federation import run_federation
+    from fedgin.study.report import overlay_case_ids
     from fedgin.training.trainer import run_training
 
     run_dir = run.run_dir
@@ -122,16 +128,15 @@ def train_and_test(run: PlannedRun, config: StudyConfig, log: Console) -> dict:
         trained = run_training(run.config, resume=resume, overwrite=not resume, console=log)
         best_score, best_at = trained.best_score, trained.best_step
     train_seconds = time.perf_counter() - started
-    test = config.test
-    split = (test[0].splits or ["test"])[0]
     evaluate_checkpoint(
         run_dir / "checkpoints" / "best.pt",
-        [spec.cache for spec in test],
+        [spec.cache for spec in config.test],
         run_dir / TEST_DIR,
-        split=split,
+        split=evaluation_split(config),
         device=run.config.train.device,
         progress=False,
         method=run.label,
+        keep_slices=overlay_case_ids(config),
     )
     done = {
         "method": run.method,
@@ -146,6 +151,36 @@ def train_and_test(run: PlannedRun, config: StudyConfig, log: Console) -> dict:
     }
     atomic_write_json(run_dir / DONE_FILE, done)
     return done
+
+
+def evaluation_split(config: StudyConfig) -> str:
+    """The split every test cache is evaluated on: the first test selection's (default test)."""
+    return (config.test[0].splits or ["test"])[0]
+
+
+def keep_missing_slices(config: StudyConfig, runs: list[PlannedRun]) -> None:
+    """Keep the overlay slices that test evaluations by an earlier fedgin did not (resuming its study),
+    predicting only those cases with the run's best checkpoint; a run without one is left as it is (the
+    report then says that the overlay is missing)."""
+    from fedgin.evaluation.evaluate import keep_best_slices
+    from fedgin.evaluation.results import kept_slice_path
+    from fedgin.study.plan import trained_dir
+    from fedgin.study.report import main_point_of, overlay_case_ids, overlay_runs
+
+    case_ids = overlay_case_ids(config)
+    for run in overlay_runs(config, runs, main_point_of(runs)):
+        folder = trained_dir(run, runs)
+        missing = [case for case in case_ids if not kept_slice_path(folder / TEST_DIR, case).is_file()]
+        checkpoint = folder / "checkpoints" / "best.pt"
+        if missing and checkpoint.is_file():
+            keep_best_slices(
+                checkpoint,
+                [spec.cache for spec in config.test],
+                folder / TEST_DIR,
+                missing,
+                split=evaluation_split(config),
+                device=run.config.train.device,
+            )
 
 
 def run_study(
@@ -190,6 +225,7 @@ def run_study(
             f"{done['test_seconds']:.0f} s test"
         )
     reporting = time.perf_counter()
+    keep_missing_slices(config, runs)
     report = write_report(config, runs)
     seconds = time.perf_counter() - started
     # Where this call's time went (runs trained in an earlier call have their times in done.json).
@@ -206,4 +242,4 @@ def run_study(
     return StudyResult(config.output, runs, report, seconds)
 
 
-__all__ = ["DONE_FILE", "TEST_DIR", "StudyResult", "run_study", "train_and_test"]
+__all__ = ["DONE_FILE", "TEST_DIR", "StudyResult", "keep_missing_slices", "run_study", "train_and_test"]
