@@ -7,7 +7,7 @@ from monai.losses import DiceCELoss, DiceFocalLoss
 from monai.networks.nets import UNet
 from torch import nn
 
-from fedgin.config import ModelConfig
+from fedgin.config import ModelConfig, TrainConfig
 from fedgin.errors import ConfigError
 from fedgin.labels import NUM_CLASSES
 
@@ -56,3 +56,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name} asked for, but no CUDA device is available")
     return device
+
+
+def resolve_amp(setting: bool | None, device: torch.device) -> bool:
+    """Mixed precision: as `train.amp` says, or (unset) on CUDA only, where it pays."""
+    return setting if setting is not None else device.type == "cuda"
+
+
+def resolve_device_and_amp(train: TrainConfig) -> tuple[torch.device, bool]:
+    """The device and mixed-precision setting of a run's `[train]` table, in one place for every caller."""
+    device = resolve_device(train.device)
+    return device, resolve_amp(train.amp, device)

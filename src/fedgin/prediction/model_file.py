@@ -120,7 +120,7 @@ def _provenance(path: Path, checkpoint: dict[str, Any], config: RunConfig) -> di
         best_score = None
     provenance = {
         "run_name": config.name,
-        "kind": checkpoint.get("kind", "centralized"),
+        "kind": checkpoint.get("kind", "single-site"),
         "checkpoint": path.name,
         "step": step,
         "round": checkpoint.get("round"),

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,14 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedgin.augment import RandAffine, RandGIN
-from fedgin.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
-from fedgin.config import RunConfig, dump_toml
-from fedgin.errors import ConfigError
+from fedgin.config import RunConfig
 from fedgin.evaluation.inference import autocast_context
-from fedgin.io_utils import atomic_path, atomic_write_json, atomic_write_text
-from fedgin.model import build_loss, build_unet, resolve_device
+from fedgin.model import build_loss, build_unet, resolve_amp, resolve_device
 from fedgin.patches import PatchSampler
-from fedgin.reports.curves import plot_learning_curve
+from fedgin.runs import Best, RunDirectory, RunState
 from fedgin.slices import ForegroundBatchSampler, SliceDataset
 from fedgin.training.data import ValidationSet, build_train_slices, build_validation_set
 from fedgin.training.schedule import learning_rate
@@ -74,7 +68,7 @@ class LocalTrainer:
         self.config = config
         self.train_set = train_set
         self.device = device or resolve_device(config.train.device)
-        self.amp = config.train.amp if config.train.amp is not None else self.device.type == "cuda"
+        self.amp = resolve_amp(config.train.amp, self.device)
         seed_everything(config.seed, config.train.deterministic)
         torch.manual_seed(derive_seed(config.seed, "init"))
         self.model = build_unet(config.model).to(self.device)
@@ -90,6 +84,8 @@ class LocalTrainer:
                 prob=gin.prob,
                 n_layers=gin.n_layers,
                 interm_channels=gin.interm_channels,
+                kernel_sizes=gin.kernel_sizes,
+                alpha_range=gin.alpha_range,
                 shared_network=gin.shared_network,
             )
             if gin.enabled
@@ -213,32 +209,29 @@ class LocalTrainer:
         return stats
 
     # -- checkpoints ------------------------------------------------------------------------------------
-    def state(self, **extra: object) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": self.step,
-            "config": self.config.model_dump(mode="json"),
-            "rng": rng_state(),
-            **extra,
-        }
+    def save(self, run: RunDirectory, name: str, history: list[dict], best: Best) -> None:
+        """checkpoints/<name> with the optimizer, scaler and RNG state needed to resume exactly."""
+        run.save_checkpoint(
+            name,
+            model=self.model.state_dict(),
+            config=self.config,
+            progress=self.step,
+            history=history,
+            best=best,
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=rng_state(),
+        )
 
-    def save(self, path: Path, **extra: object) -> None:
-        """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
-        with atomic_path(path) as tmp:
-            torch.save(self.state(**extra), tmp)
-
-    def load(self, path: Path) -> dict:
-        checkpoint = load_checkpoint(path, self.device)
+    def restore(self, resumed: RunState) -> None:
+        """Continue from a checkpoint `save` wrote: weights, optimizer, scaler, RNG state and step."""
+        checkpoint = resumed.payload
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
-        self.step = int(checkpoint["step"])
+        self.step = resumed.progress
         set_rng_state(checkpoint["rng"])
         self._batches = None
-        return checkpoint
 
 
 @dataclass
@@ -248,36 +241,6 @@ class TrainResult:
     best_score: float
     best_step: int
     history: list[dict] = field(default_factory=list)
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    """The learning curve as CSV, rewritten atomically (it is small)."""
-    if not history:
-        return
-    columns: list[str] = []
-    for row in history:
-        columns.extend(key for key in row if key not in columns)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Return the checkpoint to resume from, or None for a fresh run; refuse to mix two runs' files."""
-    last = run_dir / "checkpoints" / "last.pt"
-    if last.is_file() and resume:
-        return last
-    if resume:
-        raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{run_dir}: run directory is not empty; pass --resume to continue or --overwrite")
-    if overwrite:
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return None
 
 
 def run_training(
@@ -292,21 +255,22 @@ def run_training(
     `stop_after` ends the call after that many steps of this call (used to test resuming).
     """
     console = console or Console()
-    run_dir = config.output
-    resume_from = prepare_run_dir(run_dir, resume, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_toml(config, run_dir / "config.toml")
-
+    run = RunDirectory(config.output, "single-site", title=config.name)
+    run_dir = run.path
+    resume_from = run.check(resume, overwrite)
+    # Everything that can refuse the configuration (data, model, loss, device) runs before the folder is
+    # written, so a corrected configuration needs no --overwrite.
     train_set = build_train_slices(config)
     validation = build_validation_set(config)
     trainer = LocalTrainer(config, train_set)
     history: list[dict] = []
-    best_score, best_step = -math.inf, -1
+    best = Best()
     if resume_from is not None:
-        checkpoint = trainer.load(resume_from)
-        history = list(checkpoint.get("history", []))
-        best_score = float(checkpoint.get("best_score", -math.inf))
-        best_step = int(checkpoint.get("best_step", -1))
+        resumed = run.read_checkpoint(resume_from, trainer.device)
+        trainer.restore(resumed)
+        history, best = resumed.history, resumed.best
+    run.start(config, resume_from, overwrite)
+    if resume_from is not None:
         console.print(f"resuming {run_dir} at step {trainer.step}")
     console.print(
         f"[bold]{config.name}[/]: {len(train_set)} training slices from {train_set.num_cases} cases, "
@@ -357,11 +321,9 @@ def run_training(
                 if not validation.cases:  # then the best model is the one with the lowest training loss
                     score = -stats.mean_loss
                 row["val_score"] = round(score, 5)
-                if score > best_score:
-                    best_score, best_step = score, trainer.step
-                    trainer.save(
-                        run_dir / "checkpoints" / "best.pt", best_score=best_score, best_step=best_step
-                    )
+                if score > best.score:
+                    best = Best(score, trainer.step)
+                    trainer.save(run, "best.pt", [*history, row], best)
                 progress.console.print(
                     f"step {trainer.step}: loss {stats.mean_loss:.4f}, val "
                     + ", ".join(
@@ -369,19 +331,10 @@ def run_training(
                     )
                 )
             history.append(row)
-            write_history(run_dir / "metrics.csv", history)
-            plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png", "step", config.name)
-            trainer.save(
-                run_dir / "checkpoints" / "last.pt",
-                history=history,
-                best_score=best_score,
-                best_step=best_step,
-            )
-    result = TrainResult(run_dir, trainer.step, best_score, best_step, history)
-    atomic_write_json(
-        run_dir / "summary.json", {"steps": result.steps, "best_score": best_score, "best_step": best_step}
-    )
-    return result
+            run.write_history(history)
+            trainer.save(run, "last.pt", history, best)
+    run.write_summary(trainer.step, best)
+    return TrainResult(run_dir, trainer.step, best.score, best.progress, history)
 
 
-__all__ = ["LocalTrainer", "StepStats", "TrainResult", "ValidationSet", "load_checkpoint", "run_training"]
+__all__ = ["LocalTrainer", "StepStats", "TrainResult", "ValidationSet", "run_training"]
