@@ -1,9 +1,10 @@
 """Bytes sent per round to and from each client, float32 and float16 updates (`federation.update_dtype`).
 
 Counted as Flower counts them (`RecordDict` payload: arrays, metrics, config), on the messages fedgin's server
-and clients build: down, the global weights and the run's settings; up, the trained weights, the metrics and
-the site's validation summary. Exact (no timing): the federation benchmark's rounds.csv gives the same
-numbers for the quick preset's model.
+and clients build (fedgin.federation.protocol): down, the global weights and the round's settings, plus once
+per site the run's settings and its own data specification (`first_down_bytes`); up, the trained weights, the
+metrics and the site's validation summary. Exact (no timing): the federation benchmark's rounds.csv gives the
+same numbers for the quick preset's model.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import argparse
 
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from fedgin.config import ModelConfig, RunConfig
-from fedgin.federation.client import CONFIG_KEY
+from fedgin.config import ClientSpec, DataSpec, ModelConfig, RunConfig
+from fedgin.federation import protocol
 from fedgin.federation.weights import content_bytes, to_record
 from fedgin.model import build_unet, count_parameters
 
@@ -26,19 +27,37 @@ MODELS = {
 
 def message_bytes(model: ModelConfig, update_dtype: str) -> dict[str, int]:
     config = RunConfig(model=model, federation={"update_dtype": update_dtype})
+    site = ClientSpec(name="site_ct_mri", data=[DataSpec(cache="caches/ct"), DataSpec(cache="caches/mri")])
     state = build_unet(model).state_dict()
-    settings = ConfigRecord({CONFIG_KEY: config.model_dump_json(), "server-round": 1})
-    down = RecordDict({"arrays": to_record(state, dtype=update_dtype), "config": settings})
+    round_settings = ConfigRecord({protocol.SERVER_ROUND: 1, protocol.LR: config.train.lr})
+    down = RecordDict(
+        {protocol.ARRAYS: to_record(state, dtype=update_dtype), protocol.CONFIG: round_settings}
+    )
+    first_down = RecordDict({**down, protocol.SETTINGS: protocol.settings_record(config, site)})
     up = RecordDict(
         {
-            "arrays": to_record(state, dtype=update_dtype),
-            "metrics": MetricRecord({"num-examples": 1000, "train-loss": 0.5, "steps": 50, "seconds": 10.0}),
-            "client": ConfigRecord({"name": "site_ct_mri", "val-dice-ct": 0.8, "val-dice-mri_t1": 0.7}),
+            protocol.ARRAYS: to_record(state, dtype=update_dtype),
+            protocol.METRICS: MetricRecord(
+                {
+                    protocol.NUM_EXAMPLES: 1000,
+                    protocol.TRAIN_LOSS: 0.5,
+                    protocol.STEPS: 50,
+                    protocol.SECONDS: 10.0,
+                }
+            ),
+            protocol.SITE: ConfigRecord(
+                {
+                    protocol.SITE_NAME: site.name,
+                    f"{protocol.VAL_DICE_PREFIX}ct": 0.8,
+                    f"{protocol.VAL_DICE_PREFIX}mri_t1": 0.7,
+                }
+            ),
         }
     )
     return {
         "weights_bytes": to_record(state, dtype=update_dtype).count_bytes(),
         "down_bytes": content_bytes(down),
+        "first_down_bytes": content_bytes(first_down),
         "up_bytes": content_bytes(up),
     }
 

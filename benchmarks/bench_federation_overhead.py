@@ -69,9 +69,8 @@ def plain_loop(config: RunConfig) -> dict:
     from fedgin.config import DataConfig
     from fedgin.federation.client import client_run_config
     from fedgin.federation.server import FederationServer, initial_state, server_validation
-    from fedgin.reports.curves import plot_learning_curve
     from fedgin.training.data import build_train_slices, build_validation_set
-    from fedgin.training.trainer import LocalTrainer, write_history
+    from fedgin.training.trainer import LocalTrainer
 
     started = time.perf_counter()
     federation = config.federation
@@ -109,10 +108,7 @@ def plain_loop(config: RunConfig) -> dict:
         bookkeeper.history.append({"round": server_round, "val_score": score, **columns})
         bookkeeper.save("best.pt")
         bookkeeper.save("last.pt")
-        write_history(config.output / "rounds.csv", bookkeeper.history)
-        plot_learning_curve(
-            config.output / "rounds.csv", config.output / "learning_curve.png", "round", "bench"
-        )
+        bookkeeper.run.write_history(bookkeeper.history)
         bookkeeping.append(time.perf_counter() - kept)
     seconds = time.perf_counter() - started - sum(bookkeeping)
     return {
@@ -151,9 +147,10 @@ def ray_probe(config: RunConfig) -> dict:
     """Flower's fixed cost taken apart: Ray starting, a Ray worker importing the ClientApp, Ray stopping."""
     import ray
 
-    from fedgin.federation.simulation import backend_config, flower_environment
+    from fedgin.federation.flower import flower_env
+    from fedgin.federation.simulation import backend_config
 
-    flower_environment(config.output)
+    os.environ.update(flower_env(config.output / ".flwr"))
     started = time.perf_counter()
     ray.init(**backend_config(config)["init_args"])
     initialised = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from fedgin.federation import deployment as dep
+from fedgin.federation import flower
 from fedgin.federation.app_signing import (
     SignatureError,
     load_trusted,
@@ -23,6 +23,7 @@ from fedgin.federation.app_signing import (
     verify_fab,
 )
 from fedgin.federation.certificates import make_dev_certificates
+from flower_processes import Process, start, stop_all
 from test_deployment import fedgin, free_port, wait_for
 
 EVIL_APP = """
@@ -95,27 +96,27 @@ def test_signatures(tmp_path: Path) -> None:
 def attacker_env(tmp_path: Path, address: str, ca_cert: Path) -> dict[str, str]:
     """Someone with the public ca.crt and network access, in their own FLWR_HOME: no key of the operator."""
     home = tmp_path / "mallory-home"
-    env = dep.flower_env(home)
-    dep.write_flower_config(home, address, ca_cert)
+    env = flower.flower_env(home)
+    flower.write_flower_config(home, address, ca_cert)
     return env
 
 
-def start_site(tmp_path: Path, certs, address: str, logs: Path, env, trusted: Path) -> dep.Process:
+def start_site(tmp_path: Path, certs, address: str, logs: Path, env, trusted: Path) -> Process:
     command = fedgin(
         "deploy", "supernode", "--site", "ct", "--superlink", address, "--ca-cert", certs.ca_cert,
         "--key", certs.supernode("ct").private_key, "--port", free_port(), "--state", tmp_path / "site",
         "--trusted-publishers", trusted,
     )  # fmt: skip
-    return dep.start("supernode", command, logs, env, cwd=tmp_path)
+    return start("supernode", command, logs, env, cwd=tmp_path)
 
 
 def start_superlink(
     tmp_path: Path, certs, address: str, logs: Path, env, processes: list, *extra: str
-) -> dep.Process:
+) -> Process:
     """`fedgin deploy superlink` on loopback, added to `processes` (stopped by the caller) before it is up."""
     command = fedgin("deploy", "superlink", "--certs", certs.directory, "--port", address.split(":")[1],
                      "--state", tmp_path / "server", *extra)  # fmt: skip
-    link = dep.start("superlink", command, logs, env, cwd=tmp_path)
+    link = start("superlink", command, logs, env, cwd=tmp_path)
     processes.append(link)
     wait_for(lambda: "Uvicorn running on https://" in link.text(), 30, "the SuperLink")
     return link
@@ -135,8 +136,8 @@ def test_guarded_superlink_admits_only_signed_apps(tmp_path: Path) -> None:
     operator = make_publisher_key(certs.directory)
     mallory = make_publisher_key(tmp_path / "mallory-keys")
     address, logs, marker = f"127.0.0.1:{free_port()}", tmp_path / "logs", tmp_path / "pwned"
-    env = dep.flower_env(tmp_path / "unused-home")
-    processes: list[dep.Process] = []
+    env = flower.flower_env(tmp_path / "unused-home")
+    processes: list[Process] = []
     try:
         link = start_superlink(tmp_path, certs, address, logs, env, processes)
         register(certs, address, tmp_path / "server", env)
@@ -146,11 +147,11 @@ def test_guarded_superlink_admits_only_signed_apps(tmp_path: Path) -> None:
         app = evil_app(tmp_path / "evil", marker)
         mallory_env = attacker_env(tmp_path, address, certs.ca_cert)
         unsigned = subprocess.run(
-            [dep._exe("flwr"), "run", str(app), dep.CONNECTION, "--format", "json"],
+            [flower.executable("flwr"), "run", str(app), flower.CONNECTION, "--format", "json"],
             env=mallory_env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
         )  # fmt: skip
         other_signer = subprocess.run(
-            dep.run_command(app, publisher_key=mallory.private_key),
+            flower.run_command(app, publisher_key=mallory.private_key),
             env=mallory_env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
         )  # fmt: skip
         for result, problem in ((unsigned, "not signed"), (other_signer, "not by a trusted publisher")):
@@ -170,7 +171,7 @@ def test_guarded_superlink_admits_only_signed_apps(tmp_path: Path) -> None:
         )  # fmt: skip
         assert probe.returncode != 0, probe.stdout + probe.stderr
     finally:
-        dep.stop_all(processes)
+        stop_all(processes)
     assert not any(process.alive() for process in processes)
 
 
@@ -193,8 +194,8 @@ def test_site_refuses_an_unsigned_app_even_from_its_superlink(tmp_path: Path) ->
     certs = make_dev_certificates(tmp_path / "certs", 1, ["ct"])
     operator = make_publisher_key(certs.directory)
     address, logs, marker = f"127.0.0.1:{free_port()}", tmp_path / "logs", tmp_path / "pwned"
-    env = dep.flower_env(tmp_path / "unused-home")
-    processes: list[dep.Process] = []
+    env = flower.flower_env(tmp_path / "unused-home")
+    processes: list[Process] = []
     try:
         start_superlink(tmp_path, certs, address, logs, env, processes, "--allow-unsigned-apps")
         register(certs, address, tmp_path / "server", env)
@@ -203,7 +204,7 @@ def test_site_refuses_an_unsigned_app_even_from_its_superlink(tmp_path: Path) ->
         wait_for(lambda: "SuperNode ID" in site.text(), 60, "the SuperNode")
         app = evil_app(tmp_path / "evil", marker)
         submitted = subprocess.run(
-            [dep._exe("flwr"), "run", str(app), dep.CONNECTION, "--format", "json"],
+            [flower.executable("flwr"), "run", str(app), flower.CONNECTION, "--format", "json"],
             env=attacker_env(tmp_path, address, certs.ca_cert), capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr  # this SuperLink admits it
@@ -214,4 +215,4 @@ def test_site_refuses_an_unsigned_app_even_from_its_superlink(tmp_path: Path) ->
         time.sleep(3)
         assert not marker.with_suffix(".client").exists()
     finally:
-        dep.stop_all(processes)
+        stop_all(processes)

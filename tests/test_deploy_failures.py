@@ -21,10 +21,11 @@ from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from fedgin.cli import app
-from fedgin.federation import deployment as dep
+from fedgin.federation import flower
 from fedgin.federation.certificates import make_dev_certificates
 from fedgin.federation.supervisor import supervise
 from fedgin.processes import alive, descendants
+from flower_processes import start, stop
 from test_deployment import fedgin, free_port, wait_for
 
 runner = CliRunner()
@@ -191,7 +192,7 @@ def test_broken_tls_files_and_keys_are_refused_in_one_line(tmp_path: Path) -> No
     done = subprocess.run(
         fedgin("deploy", "superlink", "--certs", bad, "--allow-unsigned-apps", "--port", port,
                "--state", tmp_path / "state"),
-        capture_output=True, text=True, timeout=60, env=dep.flower_env(tmp_path / "home"),
+        capture_output=True, text=True, timeout=60, env=flower.flower_env(tmp_path / "home"),
     )  # fmt: skip
     assert done.returncode == 2 and "ca.crt" in one_error_line(done.stderr), done.stdout + done.stderr
     assert "flower-superlink" not in done.stdout and not processes_with(str(port))
@@ -238,17 +239,17 @@ def link(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("deploy_failures")
     certs = make_dev_certificates(base / "certs", 4, ["crash", "twice", "rogue", "plain"])
     address = f"127.0.0.1:{free_port()}"
-    env = dep.flower_env(base / "operator")
-    command = dep.superlink_command(
+    env = flower.flower_env(base / "operator")
+    command = flower.superlink_command(
         ca_cert=certs.ca_cert, server_cert=certs.server_cert, server_key=certs.server_key,
         port=int(address.split(":")[1]), database=base / "superlink.db",
     )  # fmt: skip
-    process = dep.start("superlink", command, base / "logs", env)
+    process = start("superlink", command, base / "logs", env)
     try:
         wait_for(lambda: "Uvicorn running on https://" in process.text(), 30, "the SuperLink")
         yield {"base": base, "certs": certs, "address": address, "env": env, "process": process}
     finally:
-        dep.stop(process)
+        stop(process)
 
 
 def register(link: dict, site: str, *extra: object):
@@ -289,16 +290,16 @@ def test_supernode_restarted_after_a_crash_retries_until_activated(link: dict, t
     certs, address, logs = link["certs"], link["address"], tmp_path / "logs"
     key = certs.supernode("crash").private_key
     port = free_port()
-    command = dep.supernode_command("crash", None, superlink=address, ca_cert=certs.ca_cert, private_key=key,
-                                    port=port)  # fmt: skip
-    crashed = dep.start("crashed", [sys.executable, "-c", SHORT_HEARTBEAT, *command[1:]], logs, link["env"])
+    command = flower.supernode_command("crash", None, superlink=address, ca_cert=certs.ca_cert,
+                                       private_key=key, port=port)  # fmt: skip
+    crashed = start("crashed", [sys.executable, "-c", SHORT_HEARTBEAT, *command[1:]], logs, link["env"])
     restarted = None
     try:
         wait_for(lambda: "SuperNode ID" in crashed.text(), 30, "the first SuperNode")
         left_behind = descendants(crashed.pid)
         os.kill(crashed.pid, signal.SIGKILL)  # a crash: no DeactivateNode reaches the SuperLink
         crashed.popen.wait(timeout=10)
-        restarted = dep.start(
+        restarted = start(
             "restarted",
             fedgin("deploy", "supernode", "--site", "crash", "--superlink", address,
                    "--ca-cert", certs.ca_cert, "--key", key, "--port", port, "--allow-unsigned-apps",
@@ -321,15 +322,15 @@ def test_supernode_restarted_after_a_crash_retries_until_activated(link: dict, t
         # the crashed node's SuperExec notices that its parent is gone
         wait_for(lambda: not any(map(alive, left_behind)), 15, "the crashed SuperNode's SuperExec")
     finally:
-        dep.stop(crashed)
+        stop(crashed)
         if restarted is not None:
-            dep.stop(restarted)
+            stop(restarted)
 
 
 def test_unregistered_supernode_gives_up_after_the_bound(link: dict) -> None:
     """The same refusal as after a crash, for a key that is never registered: bounded retries, one line."""
     certs = link["certs"]
-    command = dep.supernode_command(
+    command = flower.supernode_command(
         "rogue", None, superlink=link["address"], ca_cert=certs.ca_cert,
         private_key=certs.supernode("rogue").private_key, port=free_port(),
     )  # fmt: skip

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from fedgin.config import RunConfig, dump_toml
-from fedgin.federation import deployment as dep
+from fedgin.federation import flower
 from fedgin.federation.certificates import make_dev_certificates
+from flower_processes import Process, start, stop_all
 
 
 def free_port() -> int:
@@ -39,7 +40,7 @@ def test_certificates_are_private(tmp_path: Path) -> None:
     assert certs.supernode("t2").public_key.read_text().startswith("ecdsa-sha2-nistp384 ")
     assert "DEVELOPMENT ONLY" in (tmp_path / "certs" / "README-DEVELOPMENT-ONLY.txt").read_text()
     with pytest.raises(Exception, match="insecure"):
-        dep.superlink_command()
+        flower.superlink_command()
 
 
 def fedgin(*args: object) -> list[str]:
@@ -53,7 +54,7 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
     server, logs = tmp_path / "server", tmp_path / "logs"
     address = f"127.0.0.1:{free_port()}"
     tls = ("--superlink", address, "--ca-cert", certs / "ca.crt")
-    env = dep.flower_env(tmp_path / "unused-home")  # the wrappers set FLWR_HOME under each --state
+    env = flower.flower_env(tmp_path / "unused-home")  # the wrappers set FLWR_HOME under each --state
     config = RunConfig(
         name="deploy-tiny",
         seed=7,
@@ -73,9 +74,9 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
         },
     )
     dump_toml(config, tmp_path / "fl.toml")
-    processes: list[dep.Process] = []
+    processes: list[Process] = []
     try:
-        link = dep.start(
+        link = start(
             "superlink",
             fedgin("deploy", "superlink", "--certs", certs, "--port", address.split(":")[1],
                    "--state", server),
@@ -99,7 +100,7 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
                 *(["--activation-timeout", 5] if site == "rogue" else []),
                 *(arg for folder in folders for arg in ("--cache", folder)),
             )  # fmt: skip
-            processes.append(dep.start(f"supernode-{site}", command, logs, env, cwd=tmp_path))
+            processes.append(start(f"supernode-{site}", command, logs, env, cwd=tmp_path))
         ct, mix, rogue = processes[1:]
         wait_for(lambda: "SuperNode ID" in ct.text() and "SuperNode ID" in mix.text(), 60, "the SuperNodes")
         wait_for(lambda: not rogue.alive(), 60, "the unregistered SuperNode to be refused")
@@ -121,6 +122,6 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
         # each site trained on the slices of its own caches (the t2 fixture's train split has 24 slices)
         assert row["clients"] == "2" and int(row["examples_mix"]) == int(row["examples_ct"]) + 24
     finally:
-        dep.stop_all(processes)
+        stop_all(processes)
     for process in processes:
         assert not process.alive()

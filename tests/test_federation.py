@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import signal
@@ -17,16 +16,23 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message
-from flwr.clientapp import ClientApp
-from rich.console import Console
+from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from fedgin.checkpoints import load_checkpoint, load_model
-from fedgin.config import ClientSpec, DataSpec, RunConfig, dump_toml
+from fedgin.cli import app as cli_app
+from fedgin.config import ClientSpec, DataSpec, RunConfig, dump_toml, validate
 from fedgin.errors import ConfigError
 from fedgin.federation import FederationError, run_federation
-from fedgin.federation.client import client_run_config, client_spec, proximal_term, train_round
+from fedgin.federation.client import (
+    build_client_app,
+    client_run_config,
+    proximal_term,
+    site_settings,
+    train_round,
+)
+from fedgin.federation.protocol import client_spec
 from fedgin.federation.server import initial_state
-from fedgin.federation.simulation import check_federation, federate_command
 from fedgin.federation.weights import norm_keys, screen, to_record
 from fedgin.model import build_unet
 from fedgin.training.schedule import learning_rate
@@ -75,7 +81,7 @@ SLOW_CLIENT_S = 70.0
 def recording_train(message: Message, context: Context) -> Message:
     """fedgin's client, also saving what it sends so the test can recompute FedAvg's mean."""
     reply = train_round(message, context)
-    config = RunConfig.model_validate_json(str(message.content["config"]["fedgin-config"]))
+    config, _ = site_settings(message, context)
     name = str(reply.content["client"]["name"])
     round_ = int(message.content["config"]["server-round"])
     folder = config.output / "client_updates"
@@ -111,24 +117,6 @@ def slow_train(message: Message, context: Context) -> Message:
     return reply
 
 
-def slow_app() -> ClientApp:
-    app = ClientApp()
-    app.train()(slow_train)
-    return app
-
-
-def recording_app() -> ClientApp:
-    app = ClientApp()
-    app.train()(recording_train)
-    return app
-
-
-def faulty_app() -> ClientApp:
-    app = ClientApp()
-    app.train()(faulty_train)
-    return app
-
-
 # -- without Flower -------------------------------------------------------------------------------------
 def test_screen_rejects_nan_wrong_shape_and_keys() -> None:
     reference = ArrayRecord({"a": Array(np.zeros((2, 3), np.float32)), "b": Array(np.zeros(4, np.float32))})
@@ -152,11 +140,19 @@ def test_client_seeds_and_config_checks(caches: dict[str, Path], tmp_path: Path)
     assert first.data.train == spec.data
     with pytest.raises(ConfigError, match="no entry"):
         client_spec(config, {"partition-id": 5})
+    # Unique names are validators (of a TOML file: one ConfigError line; of RunConfig(...)); too few sites
+    # for min_clients is refused where the federation starts.
+    raw = fl_config(caches, tmp_path / "x").model_dump(mode="json")
     with pytest.raises(ConfigError, match="min_clients"):
-        check_federation(fl_config(caches, tmp_path / "x", min_clients=3))
+        fl_config(caches, tmp_path / "x", min_clients=3).federation.require_clients()
     duplicate = [ClientSpec(name="a", data=[DataSpec(cache=caches["ct"])])] * 2
     with pytest.raises(ConfigError, match="unique"):
-        check_federation(fl_config(caches, tmp_path / "y", clients=duplicate))
+        validate(
+            {**raw, "federation": {**raw["federation"], "clients": [c.model_dump() for c in duplicate]}},
+            RunConfig,
+        )
+    with pytest.raises(ValidationError, match="unique"):
+        fl_config(caches, tmp_path / "y", clients=duplicate)
     # FedBN keeps the instance norms' affine weights local, never convolutions.
     keys = norm_keys(build_unet(config.model))
     assert keys and all(".N." in key for key in keys)
@@ -210,7 +206,7 @@ def test_fedavg_aggregate_and_exact_resume(
     caches: dict[str, Path], uninterrupted: Path, tmp_path: Path
 ) -> None:
     config = fl_config(caches, tmp_path / "resumed")
-    first = run_federation(config, stop_after=1, client_app=recording_app())
+    first = run_federation(config, stop_after=1, client_app=build_client_app(recording_train))
     assert first.rounds == 1 and len(rounds_csv(config.output)) == 1
 
     # The global model after round 1 is the num-examples-weighted mean of the two clients' weights.
@@ -225,7 +221,7 @@ def test_fedavg_aggregate_and_exact_resume(
 
     with pytest.raises(ConfigError, match="not empty"):
         run_federation(config)
-    second = run_federation(config, resume=True, client_app=recording_app())
+    second = run_federation(config, resume=True, client_app=build_client_app(recording_train))
     assert second.rounds == 2 and [row["round"] for row in rounds_csv(config.output)] == ["1", "2"]
     # The poly schedule runs over rounds: the resumed server sent round 2 the rate of round 2.
     assert config.train.lr_schedule == "poly"
@@ -273,8 +269,10 @@ def test_server_killed_mid_round_resumes_to_the_same_weights(
     assert server.returncode == -signal.SIGKILL, (tmp_path / "federate.log").read_text()
     assert load_checkpoint(last)["round"] == 1  # killed after round 1 was saved, before round 2 was
 
-    result = federate_command(config_path, resume=True, console=Console(file=io.StringIO()))
-    assert result.rounds == 2 and [row["round"] for row in rounds_csv(config.output)] == ["1", "2"]
+    result = CliRunner().invoke(cli_app, ["federate", "--config", str(config_path), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert " 2 rounds in " in " ".join(result.output.split())  # `fedgin federate`'s last line
+    assert [row["round"] for row in rounds_csv(config.output)] == ["1", "2"]
     resumed, full = weights(last), weights(uninterrupted / "checkpoints" / "last.pt")
     assert resumed.keys() == full.keys()
     for key in full:
@@ -308,7 +306,7 @@ def test_faulty_clients_are_left_out_fedprox_fedbn(
         caplog.at_level("WARNING", logger="fedgin.federation"),
         pytest.raises(FederationError, match="2 of 4 sites contributed to none of the 1 round") as raised,
     ):
-        run_federation(config, client_app=faulty_app())
+        run_federation(config, client_app=build_client_app(faulty_train))
     assert "site 'crash': client error: client crash: DataError" in str(raised.value)
     assert "site 'nan': non-finite weights" in str(raised.value)
     assert load_checkpoint(config.output / "checkpoints" / "last.pt")["round"] == 1
@@ -349,7 +347,8 @@ def test_slow_client_is_left_out_after_the_round_timeout(caches: dict[str, Path]
     config = fl_config(caches, tmp_path / "timeout", clients=clients, rounds=1, round_timeout_s=40)
     started = time.perf_counter()
     with pytest.raises(FederationError, match="site 'slow': left out of every round"):
-        run_federation(config, client_app=slow_app())  # 'slow' never contributed to the only round
+        # 'slow' never contributed to the only round
+        run_federation(config, client_app=build_client_app(slow_train))
     (row,) = rounds_csv(config.output)
     assert row["clients"] == "2" and "no reply before the round timeout" in row["left_out"]
     assert float(row["seconds"]) < SLOW_CLIENT_S

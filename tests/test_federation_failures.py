@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import ray
 from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
 from typer.testing import CliRunner
 
 from fedgin.checkpoints import load_checkpoint
@@ -20,7 +19,7 @@ from fedgin.cli import app as cli_app
 from fedgin.config import DataSpec, RunConfig, dump_toml
 from fedgin.errors import ConfigError, DataError
 from fedgin.federation import run_federation
-from fedgin.federation.client import CONFIG_KEY, client_spec, train_round
+from fedgin.federation.client import build_client_app, site_settings, train_site
 from fedgin.federation.simulation import check_sites
 from test_federation import fl_config
 
@@ -110,24 +109,11 @@ def vanishing_cache_train(message: Message, context: Context) -> Message:
     The cache passed the up-front check; the site then fails inside fedgin's own client code, as a site
     whose disk went away would.
     """
-    settings = message.content["config"]
-    config = RunConfig.model_validate_json(str(settings[CONFIG_KEY]))
-    name = client_spec(config, dict(context.node_config)).name
-    if name == "broken" or (name == "flaky" and int(settings["server-round"]) == 1):
-        gone = [DataSpec(cache=config.output / f"{name}-cache-gone")]
-        clients = [
-            client.model_copy(update={"data": gone}) if client.name == name else client
-            for client in config.federation.clients
-        ]
-        federation = config.federation.model_copy(update={"clients": clients})
-        settings[CONFIG_KEY] = config.model_copy(update={"federation": federation}).model_dump_json()
-    return train_round(message, context)
-
-
-def vanishing_cache_app() -> ClientApp:
-    app = ClientApp()
-    app.train()(vanishing_cache_train)
-    return app
+    config, spec = site_settings(message, context)
+    name = spec.name
+    if name == "broken" or (name == "flaky" and int(message.content["config"]["server-round"]) == 1):
+        spec = spec.model_copy(update={"data": [DataSpec(cache=config.output / f"{name}-cache-gone")]})
+    return train_site(message, context, config, spec)
 
 
 def test_a_site_that_never_contributed_fails_the_run_after_its_results(
@@ -139,7 +125,7 @@ def test_a_site_that_never_contributed_fails_the_run_after_its_results(
     clients = [*two_sites(caches), {"name": "flaky", "data": ct}, {"name": "broken", "data": ct}]
     config = tiny_config(caches, tmp_path / "run", clients)
     dump_toml(config, tmp_path / "fl.toml")
-    monkeypatch.setattr("fedgin.federation.client.app", vanishing_cache_app())
+    monkeypatch.setattr("fedgin.federation.client.app", build_client_app(vanishing_cache_train))
     result = CliRunner().invoke(cli_app, ["federate", "--config", str(tmp_path / "fl.toml")])
 
     assert result.exit_code == 2, result.output

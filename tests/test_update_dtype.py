@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message
-from flwr.clientapp import ClientApp
 from rich.console import Console
 
 from fedgin.checkpoints import load_checkpoint
 from fedgin.config import ModelConfig, RunConfig, validate
 from fedgin.errors import ConfigError
 from fedgin.federation import run_federation
-from fedgin.federation.client import train_round
+from fedgin.federation.client import build_client_app, site_settings, train_round
 from fedgin.federation.server import initial_state
 from fedgin.federation.weights import to_float32, to_record, to_state_dict
 from fedgin.model import build_unet
@@ -27,7 +26,7 @@ from test_federation import fl_config  # two sites (CT: train + test, MRI T2: tr
 # -- a ClientApp that keeps what it sends (module level so that Ray's workers can import it) ------------
 def recording_train(message: Message, context: Context) -> Message:
     reply = train_round(message, context)
-    config = RunConfig.model_validate_json(str(message.content["config"]["fedgin-config"]))
+    config, _ = site_settings(message, context)
     folder = config.output / "client_updates"
     folder.mkdir(parents=True, exist_ok=True)
     received = message.content["arrays"]
@@ -41,12 +40,6 @@ def recording_train(message: Message, context: Context) -> Message:
         folder / f"{reply.content['client']['name']}.pt",
     )
     return reply
-
-
-def recording_app() -> ClientApp:
-    app = ClientApp()
-    app.train()(recording_train)
-    return app
 
 
 def rounds_csv(run_dir: Path) -> list[dict[str, str]]:
@@ -88,7 +81,9 @@ def runs(caches: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> d
     configs = {}
     for dtype in ("float32", "float16"):
         config = fl_config(caches, base / dtype, rounds=1, update_dtype=dtype)
-        result = run_federation(config, console=Console(quiet=True), client_app=recording_app())
+        result = run_federation(
+            config, console=Console(quiet=True), client_app=build_client_app(recording_train)
+        )
         assert result.rounds == 1
         configs[dtype] = config
     return configs

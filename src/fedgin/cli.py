@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,12 +16,28 @@ from rich.markup import escape
 
 from fedgin.errors import ConfigError, DataError, FedginError, os_error_line, value_error_line
 
+if TYPE_CHECKING:
+    from fedgin.config import RunConfig
+
+#: Option names accepted but not shown in --help, so that every command shows one spelling (`-o/--out`).
+HIDDEN_OPTION_ALIASES = {"output": "out"}
+
+
+def hidden_option_alias(name: str) -> str:
+    """Click's token normaliser: `--output` (spelled so by earlier versions) reaches the `--out` option.
+
+    Click also passes command names and choice values through it; no command or choice is called `output`.
+    """
+    return HIDDEN_OPTION_ALIASES.get(name, name)
+
+
 app = typer.Typer(
     name="fedgin",
     help="Federated multi-modal abdominal organ segmentation with GIN augmentation (FedGIN).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"token_normalize_func": hidden_option_alias},
 )
 console = Console()
 error_console = Console(stderr=True)
@@ -101,9 +117,11 @@ def synth(
     protocols: Annotated[
         str | None,
         typer.Option(
-            help="Acquisition protocols: a preset (totalseg-ct, totalseg-mri, amos, single; see `fedgin "
-            "protocols`) or a TOML file with [weights] and optional [custom.NAME] protocols. "
-            "Default: the layout's realistic mix."
+            help=escape(
+                "Acquisition protocols: a preset (totalseg-ct, totalseg-mri, amos, single; see `fedgin "
+                "protocols`) or a TOML file with [weights] and optional [custom.NAME] protocols. "
+                "Default: the layout's realistic mix."
+            )
         ),
     ] = None,
     subjects: Annotated[int, typer.Option(help="Subjects per modality.")] = 10,
@@ -150,12 +168,14 @@ def synth(
 @app.command()
 @user_errors
 def protocols(
-    mix: Annotated[
-        str | None, typer.Argument(help="A preset or a mix TOML file; default: every shipped mix.")
-    ] = None,
+    # Arguments are described in the docstring: with click 8.5, typer 0.20 drops typer.Argument(help=...).
+    mix: Annotated[str | None, typer.Argument()] = None,
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table (for documentation).")] = False,
 ) -> None:
-    """List acquisition protocols and each mix's share of them within a modality."""
+    """List acquisition protocols and each mix's share of them within a modality.
+
+    MIX is a preset or a mix TOML file; default: every shipped mix.
+    """
     from rich.table import Table
 
     from fedgin.config import SynthConfig, validate
@@ -204,7 +224,9 @@ def prepare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write (or resume).")],
     config: Annotated[
         Path | None,
-        typer.Option(help="A run or study TOML (checked whole) whose [preprocess] overrides the defaults."),
+        typer.Option(
+            help=escape("A run or study TOML (checked whole) whose [preprocess] overrides the defaults.")
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes (one volume in memory each).")] = 2,
     modality: Annotated[
@@ -246,30 +268,54 @@ def prepare(
 @app.command()
 @user_errors
 def inspect(
-    cache: Annotated[Path, typer.Argument(help="A cache folder written by `fedgin prepare`.")],
+    cache: Annotated[Path, typer.Argument()],
 ) -> None:
-    """Print a cache's contents: cases per modality and split, spacing, organ voxels, intensities."""
+    """Print a cache's contents: cases per modality and split, spacing, organ voxels, intensities.
+
+    CACHE is a cache folder written by `fedgin prepare`.
+    """
     from fedgin.cache import Cache, summarize
 
     console.print(summarize(Cache(cache)))
+
+
+def load_federation_config(path: Path, output: Path | None, rounds: int | None) -> RunConfig:
+    """A federation's RunConfig from TOML with the command line's overrides (`federate`, `deploy run`)."""
+    from fedgin.config import RunConfig, load_toml
+
+    config = load_toml(path, RunConfig)
+    if output is not None:
+        config.output = output
+    if rounds is not None:
+        config.federation.rounds = rounds
+    config.federation.require_clients()
+    return config
 
 
 @app.command()
 @user_errors
 def federate(
     config: Annotated[
-        Path, typer.Option("--config", "-c", help="Run TOML with [federation] and [[federation.clients]].")
+        Path,
+        typer.Option("--config", "-c", help=escape("Run TOML with [federation] and [[federation.clients]].")),
     ],
     resume: Annotated[bool, typer.Option(help="Continue from the last completed round.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
-    output: Annotated[Path | None, typer.Option(help="Run directory (overrides `output`).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (overrides `output`).")
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="Override federation.rounds.")] = None,
 ) -> None:
     """Run a federation (FedAvg/FedProx/FedBN with GIN) on Flower's simulation engine."""
-    from fedgin.federation import federate_command
+    from fedgin.federation import run_federation
 
-    federate_command(
-        config, resume=resume, overwrite=overwrite, output=output, rounds=rounds, console=console
+    result = run_federation(
+        load_federation_config(config, output, rounds), resume=resume, overwrite=overwrite, console=console
+    )
+    console.print(
+        f"federation {result.run_dir}: {result.rounds} rounds in {result.seconds:.1f} s, best validation "
+        f"score {result.best_score:.4f} at round {result.best_round}; checkpoints in "
+        f"{result.run_dir / 'checkpoints'}"
     )
 
 
@@ -358,7 +404,7 @@ def deploy_superlink(
 
     Only runs of apps signed by a trusted publisher (default: CERTS/trusted-publishers.yaml) are admitted.
     """
-    from fedgin.federation import deployment as dep
+    from fedgin.federation import flower as dep
     from fedgin.federation.app_signing import load_trusted
     from fedgin.federation.certificates import load_certificates
 
@@ -396,16 +442,21 @@ def _server_tls(certs: Any) -> dict[str, Path]:
 @deploy_app.command("register")
 @user_errors
 def deploy_register(
-    public_key: Annotated[Path, typer.Argument(help="The site's public key (OpenSSH, <site>.pub).")],
-    site: Annotated[str, typer.Option("--site", help="The site's name, as in [[federation.clients]].")],
+    public_key: Annotated[Path, typer.Argument()],
+    site: Annotated[
+        str, typer.Option("--site", help=escape("The site's name, as in [[federation.clients]]."))
+    ],
     superlink: SuperlinkOption = "127.0.0.1:9092",
     ca_cert: CaCertOption = None,
     state: StateOption = Path("runs/fl-deploy"),
     insecure: InsecureOption = False,
     dry_run: DryRunOption = False,
 ) -> None:
-    """Allow one site's SuperNode key on the SuperLink (operator)."""
-    from fedgin.federation import deployment as dep
+    """Allow one site's SuperNode key on the SuperLink (operator).
+
+    PUBLIC_KEY is the site's public key in OpenSSH format (supernodes/<site>.pub from `fedgin certs`).
+    """
+    from fedgin.federation import flower as dep
     from fedgin.federation.preflight import check_ca_certificate, check_supernode_public_key
 
     check_supernode_public_key(public_key)
@@ -425,7 +476,9 @@ def deploy_register(
 @deploy_app.command("supernode")
 @user_errors
 def deploy_supernode(
-    site: Annotated[str, typer.Option("--site", help="This site's name, as in [[federation.clients]].")],
+    site: Annotated[
+        str, typer.Option("--site", help=escape("This site's name, as in [[federation.clients]]."))
+    ],
     cache: Annotated[
         list[Path] | None,
         typer.Option(help="The site's cache; repeat for one cache per data entry of the site, in order."),
@@ -456,7 +509,7 @@ def deploy_supernode(
     The site runs only apps signed by a key in --trusted-publishers (the operator's publisher.pub).
     """
     from fedgin.cache import Cache
-    from fedgin.federation import deployment as dep
+    from fedgin.federation import flower as dep
     from fedgin.federation.app_signing import load_trusted, write_trusted
 
     trusted = None
@@ -512,13 +565,17 @@ def deploy_supernode(
 @deploy_app.command("run")
 @user_errors
 def deploy_run(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run TOML with [[federation.clients]].")],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help=escape("Run TOML with [[federation.clients]]."))
+    ],
     superlink: SuperlinkOption = "127.0.0.1:9092",
     ca_cert: CaCertOption = None,
     state: StateOption = Path("runs/fl-deploy"),
     resume: Annotated[bool, typer.Option(help="Continue from the last completed round.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
-    output: Annotated[Path | None, typer.Option(help="Run directory (overrides `output`).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (overrides `output`).")
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="Override federation.rounds.")] = None,
     publisher_key: Annotated[
         Path | None,
@@ -532,9 +589,8 @@ def deploy_run(
     dry_run: DryRunOption = False,
 ) -> None:
     """Write the Flower app for CONFIG to STATE/app, sign it and submit it to the SuperLink (operator)."""
-    from fedgin.federation import deployment as dep
+    from fedgin.federation import flower as dep
     from fedgin.federation.app_signing import load_private_key
-    from fedgin.federation.simulation import load_federation_config
 
     if not unsigned:
         if publisher_key is None:
@@ -552,24 +608,38 @@ def deploy_run(
 @user_errors
 def evaluate(
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Model checkpoint to evaluate on cached cases.")
+        Path | None, typer.Option(help="Model checkpoint to evaluate on the cached cases of --data.")
     ] = None,
     data: Annotated[
         list[Path] | None, typer.Option("--data", help="Cache folder(s) with the test cases.")
     ] = None,
-    split: Annotated[str, typer.Option(help="Split of the cached cases to evaluate, or all.")] = "test",
-    pred: Annotated[Path | None, typer.Option(help="Folder of predicted label NIfTI files.")] = None,
+    split: Annotated[
+        str, typer.Option(help="With --checkpoint: split of the cached cases to evaluate, or all.")
+    ] = "test",
+    pred: Annotated[
+        Path | None,
+        typer.Option(help="Folder of predicted label NIfTI files (instead of --checkpoint and --data)."),
+    ] = None,
     ref: Annotated[
-        Path | None, typer.Option(help="Folder of reference label NIfTI files (same names).")
+        Path | None, typer.Option(help="Folder of reference label NIfTI files (named as in --pred).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Folder for per_case.csv and summaries.")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for per_case.csv and summaries; default: RUN/eval_SPLIT for a checkpoint "
+            "RUN/checkpoints/*.pt, or evaluation beside the --pred folder.",
+        ),
     ] = None,
     method: Annotated[str | None, typer.Option(help="A method name to put in the CSV rows.")] = None,
     nsd_tolerance: Annotated[float, typer.Option(help="Surface Dice tolerance in mm.")] = 2.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Per-case Dice, HD95 and surface Dice of a checkpoint on a cache, or of two label folders."""
+    """Per-case Dice, HD95 and surface Dice of a checkpoint on a cache, or of two label folders.
+
+    Give either --checkpoint and --data (a model on cached cases) or --pred and --ref (two label folders).
+    """
     from fedgin.evaluation.evaluate import evaluate_checkpoint, evaluate_folders, summary_table
 
     if checkpoint is not None and data:
@@ -628,7 +698,9 @@ def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="Run TOML (data, model, gin, train).")],
     resume: Annotated[bool, typer.Option(help="Continue from the run directory's last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
-    output: Annotated[Path | None, typer.Option(help="Run directory (overrides `output`).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (overrides `output`).")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Override train.steps.")] = None,
 ) -> None:
     """Train a centralized or local model (GIN on or off) from a run configuration."""
@@ -682,7 +754,9 @@ def study_command(
         str | None, typer.Option(help="A shipped preset instead of --config: quick, full-synthetic or paper.")
     ] = None,
     scenario: Annotated[str, typer.Option(help="With --preset: complete or limited.")] = "complete",
-    output: Annotated[Path | None, typer.Option(help="Study folder (overrides `output`).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Study folder (overrides `output`).")
+    ] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (overrides `seeds`).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a study: finished runs are kept.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing study folder first.")] = False,
@@ -717,9 +791,7 @@ def predict(
     ],
     output: Annotated[
         Path,
-        typer.Option(
-            "--output", "--out", "-o", help="Label file (*.nii.gz) for one input, else a folder for all."
-        ),
+        typer.Option("--out", "-o", help="Label file (*.nii.gz) for one input, else a folder for all."),
     ],
     model: Annotated[
         Path, typer.Option("--model", "-m", help="A `fedgin export` model file or a training checkpoint.")
@@ -780,9 +852,7 @@ def export(
         Path,
         typer.Option("--checkpoint", "-c", help="A training checkpoint, e.g. runs/x/checkpoints/best.pt."),
     ],
-    output: Annotated[
-        Path, typer.Option("--output", "--out", "-o", help="Model file to write, e.g. model.fedgin.pt.")
-    ],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Model file to write, e.g. model.fedgin.pt.")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model file.")] = False,
 ) -> None:
     """Write one model file (weights, architecture, preprocessing, label names) for `fedgin predict`."""

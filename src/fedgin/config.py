@@ -276,7 +276,34 @@ class GINConfig(Settings):
     prob: float = Field(1.0, ge=0.0, le=1.0)
     n_layers: int = Field(4, ge=2)
     interm_channels: int = Field(2, ge=1)
+    kernel_sizes: tuple[int, ...] = Field(
+        (1, 3),
+        min_length=1,
+        description="Per layer and batch, the kernel size is drawn from these odd sizes.",
+        strict=False,
+    )
+    alpha_range: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description="Per sample, alpha ~ U(low, high) weighs GIN's output against the input.",
+        strict=False,
+    )
     shared_network: bool = Field(False, description="The authors' variant: one network for the batch.")
+
+    @field_validator("kernel_sizes")
+    @classmethod
+    def _odd_kernels(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        # Padding k // 2 keeps the image size only for odd k.
+        if any(size < 1 or size % 2 == 0 for size in sizes):
+            raise ValueError(f"kernel sizes must be odd positive integers, got {list(sizes)}")
+        return sizes
+
+    @field_validator("alpha_range")
+    @classmethod
+    def _alpha_in_unit_interval(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        low, high = bounds
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"alpha_range must satisfy 0 <= low <= high <= 1, got {list(bounds)}")
+        return bounds
 
 
 class AffineConfig(Settings):
@@ -352,6 +379,28 @@ class FederationConfig(Settings):
     server_eval: list[DataSpec] = Field(
         default_factory=list, description="Held-out cases evaluated on the global model every round."
     )
+
+    @field_validator("clients")
+    @classmethod
+    def _unique_names(cls, clients: list[ClientSpec]) -> list[ClientSpec]:
+        names = [client.name for client in clients]
+        if len(set(names)) != len(names):
+            raise ValueError(f"client names must be unique, got {names}")
+        return clients
+
+    def require_clients(self) -> None:
+        """A federation needs sites, at least min_clients of them.
+
+        Checked where a federation starts, not when the table is read: a single-site run has no sites, and
+        a run configuration may be read and rewritten (a study's, a test's) before its sites are complete.
+        """
+        if not self.clients:
+            raise ConfigError("federation.clients: no clients (add [[federation.clients]] tables)")
+        if self.min_clients > len(self.clients):
+            raise ConfigError(
+                f"federation.min_clients is {self.min_clients} but only {len(self.clients)} clients are "
+                "configured"
+            )
 
 
 class RunConfig(Settings):

@@ -2,6 +2,6 @@
 
 from fedgin.federation.screening import ClientReport, FederationError
 from fedgin.federation.server import FederationResult
-from fedgin.federation.simulation import federate_command, run_federation
+from fedgin.federation.simulation import run_federation
 
-__all__ = ["ClientReport", "FederationError", "FederationResult", "federate_command", "run_federation"]
+__all__ = ["ClientReport", "FederationError", "FederationResult", "run_federation"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -9,32 +13,65 @@ from torch import nn
 
 from fedgin.config import ClientSpec, DataConfig, RunConfig
 from fedgin.errors import ConfigError
+from fedgin.federation import protocol
 from fedgin.federation.weights import norm_keys, to_record, to_state_dict
 from fedgin.training.data import build_train_slices, build_validation_set
 from fedgin.training.seeding import derive_seed
 from fedgin.training.trainer import ExtraLoss, LocalTrainer
 
-#: Keys of the train message's ConfigRecord written by the server.
-CONFIG_KEY = "fedgin-config"
-#: The round's learning rate (the server runs the schedule over rounds); absent: train.lr, constant.
-LR_KEY = "lr"
-#: Key of the client's Context.state record holding FedBN's local normalisation weights.
-LOCAL_STATE_KEY = "fedbn-local"
+#: What a ClientApp registers for train messages (fedgin's `train_round`, or a test's wrapper of it).
+TrainFunction = Callable[[Message, Context], Message]
 
 
-def client_spec(config: RunConfig, node_config: dict) -> ClientSpec:
-    """The site this node is: `client-name` in the node config (deployment) or the partition id."""
-    clients = config.federation.clients
-    if "client-name" in node_config:
-        name = str(node_config["client-name"])
-        for spec in clients:
-            if spec.name == name:
-                return spec
-        raise ConfigError(f"client {name!r} is not in federation.clients")
-    partition = int(node_config.get("partition-id", -1))
-    if not 0 <= partition < len(clients):
-        raise ConfigError(f"partition {partition} has no entry in federation.clients ({len(clients)})")
-    return clients[partition]
+def local_caches(spec: ClientSpec, node_config: Mapping) -> ClientSpec:
+    """The site's spec with its data read from its own caches (`cache` in the node config), if given.
+
+    `cache` is one folder (it replaces the cache of every data entry of the site) or one folder per
+    data entry, in the order of the run config, separated by the OS path separator (`:` on Linux).
+    """
+    if protocol.NODE_CACHE not in node_config:
+        return spec
+    caches = [Path(part) for part in str(node_config[protocol.NODE_CACHE]).split(os.pathsep) if part]
+    if len(caches) == 1:
+        caches *= len(spec.data)
+    if len(caches) != len(spec.data):
+        raise ConfigError(
+            f"site {spec.name!r}: the node config names {len(caches)} caches but the run config gives the "
+            f"site {len(spec.data)} data entries (one cache for all, or one per entry separated by "
+            f"{os.pathsep!r})"
+        )
+    data = [entry.model_copy(update={"cache": cache}) for entry, cache in zip(spec.data, caches, strict=True)]
+    return spec.model_copy(update={"data": data})
+
+
+def site_settings(message: Message, context: Context) -> tuple[RunConfig, ClientSpec]:
+    """The run's settings and this site's spec: from the node's first train message, kept in its state.
+
+    The site's local caches (node config `cache`) are applied once, when the spec arrives.
+    """
+    state = context.state
+    if protocol.SETTINGS in message.content.config_records:
+        received = message.content[protocol.SETTINGS]
+        config = RunConfig.model_validate_json(str(received[protocol.RUN_SETTINGS]))
+        spec = local_caches(
+            ClientSpec.model_validate_json(str(received[protocol.SITE_SPEC])), context.node_config
+        )
+        state[protocol.SITE_STATE] = ConfigRecord(
+            {
+                protocol.RUN_SETTINGS: received[protocol.RUN_SETTINGS],
+                protocol.SITE_SPEC: spec.model_dump_json(),
+            }
+        )
+        return config, spec
+    if protocol.SITE_STATE not in state.config_records:
+        node = message.metadata.dst_node_id
+        raise ConfigError(
+            f"node {node} holds no run settings (they come with its first train message; the server sends "
+            "them again next round)"
+        )
+    kept = state[protocol.SITE_STATE]
+    config = RunConfig.model_validate_json(str(kept[protocol.RUN_SETTINGS]))
+    return config, ClientSpec.model_validate_json(str(kept[protocol.SITE_SPEC]))
 
 
 def client_run_config(config: RunConfig, spec: ClientSpec, server_round: int) -> RunConfig:
@@ -71,34 +108,38 @@ def train_round(message: Message, context: Context) -> Message:
     """Load the global weights, train locally, reply with weights, num-examples and the train loss.
 
     The optimizer is created afresh every round (AdamW moments are not carried across rounds, as in the
-    authors' code), which also keeps clients stateless apart from FedBN's local normalisation weights.
+    authors' code), which also keeps clients stateless apart from the run's settings and FedBN's local
+    normalisation weights in the node's Context.
     """
-    settings = message.content["config"]
-    config = RunConfig.model_validate_json(str(settings[CONFIG_KEY]))
-    spec = client_spec(config, dict(context.node_config))
+    config, spec = site_settings(message, context)
+    return train_site(message, context, config, spec)
+
+
+def train_site(message: Message, context: Context, config: RunConfig, spec: ClientSpec) -> Message:
+    """One round of `spec`'s local training; an error names the site (the server logs the reason)."""
     try:
         return _train(message, context, config, spec)
-    except Exception as error:  # the server logs the reason; name the site so the log says which one
+    except Exception as error:
         raise RuntimeError(f"client {spec.name}: {type(error).__name__}: {error}") from error
 
 
 def _train(message: Message, context: Context, config: RunConfig, spec: ClientSpec) -> Message:
-    settings = message.content["config"]
+    settings = message.content[protocol.CONFIG]
     federation = config.federation
-    server_round = int(settings["server-round"])
+    server_round = int(settings[protocol.SERVER_ROUND])
     local = client_run_config(config, spec, server_round)
 
     train_set = build_train_slices(local)
-    trainer = LocalTrainer(local, train_set, lr=float(settings.get(LR_KEY, config.train.lr)))
+    trainer = LocalTrainer(local, train_set, lr=float(settings.get(protocol.LR, config.train.lr)))
     model = trainer.model
     reference = model.state_dict()
-    state = to_state_dict(message.content["arrays"], reference)
+    state = to_state_dict(message.content[protocol.ARRAYS], reference)
     local_keys = norm_keys(model) if federation.fedbn else set()
-    if local_keys and LOCAL_STATE_KEY in context.state.array_records:
-        state.update(to_state_dict(context.state[LOCAL_STATE_KEY], reference))
+    if local_keys and protocol.LOCAL_STATE in context.state.array_records:
+        state.update(to_state_dict(context.state[protocol.LOCAL_STATE], reference))
     model.load_state_dict(state)
 
-    mu = float(settings.get("proximal-mu", 0.0))
+    mu = float(settings.get(protocol.PROXIMAL_MU, 0.0))
     extra = proximal_term(model, mu) if mu > 0 else None
     steps = federation.local_steps or federation.local_epochs * trainer.batches_per_epoch
     stats = trainer.train_steps(steps, extra_loss=extra)
@@ -108,35 +149,52 @@ def _train(message: Message, context: Context, config: RunConfig, spec: ClientSp
         # Validation Dice per domain stays a summary figure: no image or label leaves the site.
         site_validation = build_validation_set(local.model_copy(update={"data": DataConfig(train=spec.data)}))
         scores = site_validation.evaluate(model, trainer.device, trainer.amp, local.model)
-        validation = {f"val-dice-{domain}": value for domain, value in scores.items()}
+        validation = {f"{protocol.VAL_DICE_PREFIX}{domain}": value for domain, value in scores.items()}
 
     trained = model.state_dict()
     if local_keys:
-        context.state[LOCAL_STATE_KEY] = to_record(trained, exclude=set(trained) - local_keys)
+        context.state[protocol.LOCAL_STATE] = to_record(trained, exclude=set(trained) - local_keys)
     reply = RecordDict(
         {
-            "arrays": to_record(trained, exclude=local_keys, dtype=federation.update_dtype),
-            "metrics": MetricRecord(
+            protocol.ARRAYS: to_record(trained, exclude=local_keys, dtype=federation.update_dtype),
+            protocol.METRICS: MetricRecord(
                 {
-                    "num-examples": len(train_set),
-                    "train-loss": stats.mean_loss,
-                    "steps": stats.steps,
-                    "seconds": stats.seconds,
+                    protocol.NUM_EXAMPLES: len(train_set),
+                    protocol.TRAIN_LOSS: stats.mean_loss,
+                    protocol.STEPS: stats.steps,
+                    protocol.SECONDS: stats.seconds,
                 }
             ),
-            "client": ConfigRecord({"name": spec.name, **validation}),
+            protocol.SITE: ConfigRecord({protocol.SITE_NAME: spec.name, **validation}),
         }
     )
     return Message(content=reply, reply_to=message)
 
 
-def build_client_app() -> ClientApp:
-    """The fedgin ClientApp (stateless apart from FedBN's local weights in the node's Context)."""
+def identify(message: Message, context: Context) -> Message:
+    """The answer to the server's query: which site this node is (from its node config)."""
+    identity = protocol.site_identity(context.node_config)
+    return Message(content=RecordDict({protocol.IDENTITY: identity}), reply_to=message)
+
+
+def build_client_app(train: TrainFunction = train_round) -> ClientApp:
+    """A ClientApp answering fedgin's query and train messages (`train`: a test's wrapper of train_round)."""
     app = ClientApp()
-    app.train()(train_round)
+    app.query()(identify)
+    app.train()(train)
     return app
 
 
+#: fedgin's ClientApp, for both engines (stateless apart from the run's settings and FedBN's local weights).
 app = build_client_app()
 
-__all__ = ["app", "build_client_app", "client_run_config", "client_spec", "train_round"]
+__all__ = [
+    "app",
+    "build_client_app",
+    "client_run_config",
+    "identify",
+    "local_caches",
+    "site_settings",
+    "train_round",
+    "train_site",
+]

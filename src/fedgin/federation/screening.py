@@ -7,11 +7,13 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedgin.errors import FedginError
+from fedgin.federation import protocol
 from fedgin.federation.weights import content_bytes, screen, to_float32
 
 logger = logging.getLogger("fedgin.federation")
@@ -54,16 +56,27 @@ class ScreeningMixin:
     rejects updates with non-finite values or keys and shapes that differ from the global model (one
     bad client would otherwise poison or abort the aggregation), records a report per client, and
     sorts the accepted replies by client name so that aggregation does not depend on arrival order.
+
+    Configured as Flower's strategies are: `local_keys` (FedBN's keys that stay on the sites) and
+    `node_timeout_s` (the wait for enough connected nodes) by keyword, the rest passed to the strategy.
     """
 
     min_train_nodes: int
     min_available_nodes: int
+    weighted_by_key: str
+    arrayrecord_key: str
 
-    def setup_screening(self, local_keys: set[str], node_timeout_s: float) -> None:
+    def __init__(
+        self, *args: Any, local_keys: Iterable[str] = (), node_timeout_s: float = 120.0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
         self.local_keys = set(local_keys)
         self.node_timeout_s = node_timeout_s
         self.reference: ArrayRecord | None = None
-        self.sent: dict[int, int] = {}
+        #: The nodes this round's train messages went to.
+        self.sent: set[int] = set()
+        #: Sampled nodes the server sent no train message, with why (it could not tell which site they are).
+        self.withheld: dict[int, ClientReport] = {}
         self.node_names: dict[int, str] = {}
         self.reports: list[ClientReport] = []
 
@@ -82,14 +95,20 @@ class ScreeningMixin:
             time.sleep(1.0)
         self.reference = arrays
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
-        self.sent = {message.metadata.dst_node_id: content_bytes(message.content) for message in messages}
+        self.sent = {message.metadata.dst_node_id for message in messages}
+        self.withheld = {}
         return messages
+
+    def withhold(self, node: int, reason: str) -> None:
+        """A sampled node gets no train message this round; it is reported as left out for `reason`."""
+        self.sent.discard(node)
+        self.withheld[node] = ClientReport(node, self.node_names.get(node, f"node-{node}"), False, reason)
 
     def screen_replies(self, replies: Iterable[Message]) -> list[Message]:
         """The replies fit for aggregation, sorted by client name; fills `self.reports`."""
         assert self.reference is not None, "configure_train must run before aggregate_train"
         expected = set(self.reference.keys()) - self.local_keys
-        reports: list[ClientReport] = []
+        reports: list[ClientReport] = list(self.withheld.values())
         accepted: list[tuple[str, Message]] = []
         replied: set[int] = set()
         for message in replies:
@@ -101,7 +120,8 @@ class ScreeningMixin:
                 reports.append(ClientReport(node, name, False, reason))
                 continue
             content = message.content
-            name = str(content["client"]["name"]) if "client" in content.config_records else f"node-{node}"
+            site = content[protocol.SITE] if protocol.SITE in content.config_records else None
+            name = str(site[protocol.SITE_NAME]) if site is not None else f"node-{node}"
             self.node_names[node] = name
             metrics = {
                 key: float(value)
@@ -111,25 +131,26 @@ class ScreeningMixin:
             }
             if len(content.array_records) != 1 or len(content.metric_records) != 1:
                 reason = "reply must hold exactly one ArrayRecord and one MetricRecord"
-            elif "num-examples" not in metrics or metrics["num-examples"] <= 0:
-                reason = "no positive num-examples in the reply's metrics"
+            elif self.arrayrecord_key not in content.array_records:
+                reason = f"reply holds no ArrayRecord {self.arrayrecord_key!r}"
+            elif self.weighted_by_key not in metrics or metrics[self.weighted_by_key] <= 0:
+                reason = f"no positive {self.weighted_by_key} in the reply's metrics"
             else:
-                arrays_key, update = next(iter(content.array_records.items()))
-                reason = screen(update, self.reference, expected) or ""
+                reason = screen(content[self.arrayrecord_key], self.reference, expected) or ""
             up = content_bytes(content)
             validation = {}
-            if "client" in content.config_records:
+            if site is not None:
                 validation = {
-                    key.removeprefix("val-dice-"): float(value)
-                    for key, value in content["client"].items()
-                    if key.startswith("val-dice-")
+                    key.removeprefix(protocol.VAL_DICE_PREFIX): float(value)
+                    for key, value in site.items()
+                    if key.startswith(protocol.VAL_DICE_PREFIX)
                 }
             reports.append(ClientReport(node, name, not reason, reason, metrics, up, validation))
             if not reason:
                 # float16 updates (federation.update_dtype) are averaged in float32, after counting bytes_up.
-                content[arrays_key] = to_float32(update)
+                content[self.arrayrecord_key] = to_float32(content[self.arrayrecord_key])
                 accepted.append((name, message))
-        for node in sorted(set(self.sent) - replied):
+        for node in sorted(self.sent - replied):
             name = self.node_names.get(node, f"node-{node}")
             reports.append(ClientReport(node, name, False, "no reply before the round timeout"))
         for report in reports:

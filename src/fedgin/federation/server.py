@@ -12,25 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedgin.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
-from fedgin.config import DataConfig, RunConfig
-from fedgin.federation.client import CONFIG_KEY, LR_KEY
+from fedgin.config import ClientSpec, DataConfig, RunConfig
+from fedgin.errors import ConfigError
+from fedgin.federation import protocol
 from fedgin.federation.fedavg import ScreenedFedAvg
 from fedgin.federation.fedprox import ScreenedFedProx
-from fedgin.federation.screening import FederationError, ScreeningMixin
-from fedgin.federation.weights import norm_keys, to_record, to_state_dict
-from fedgin.io_utils import atomic_path, atomic_write_json
-from fedgin.model import build_unet, resolve_device
-from fedgin.reports.curves import plot_learning_curve
+from fedgin.federation.screening import FederationError, ScreeningMixin, short_reason
+from fedgin.federation.weights import content_bytes, norm_keys, to_record, to_state_dict
+from fedgin.model import build_unet, resolve_device_and_amp
+from fedgin.runs import Best, RunDirectory
 from fedgin.training.data import ValidationSet, build_validation_set
 from fedgin.training.schedule import learning_rate
 from fedgin.training.seeding import derive_seed
-from fedgin.training.trainer import write_history
 
 #: Seconds the server waits for enough clients to connect before a round fails.
 NODE_TIMEOUT_S = 120.0
@@ -57,22 +55,66 @@ class FederationResult:
     seconds: float = 0.0
 
 
-def build_strategy(config: RunConfig, local_keys: set[str]) -> ScreenedFedAvg | ScreenedFedProx:
-    """The strategy named in the config, with screening of client replies."""
+def build_strategy(
+    config: RunConfig, local_keys: set[str], wait_for_all_sites: bool = False
+) -> ScreenedFedAvg | ScreenedFedProx:
+    """The strategy named in the config, with screening of client replies.
+
+    `wait_for_all_sites` (simulation, where every configured site has a node): sample a round only once
+    all of them are registered. Flower's simulation engine registers its nodes while the ServerApp already
+    runs; sampling as soon as min_clients are there could leave the others out of round 1.
+    """
     federation = config.federation
+    available = len(federation.clients) if wait_for_all_sites else federation.min_clients
     common = {
         "fraction_train": federation.fraction_train,
         "fraction_evaluate": 0.0,  # the global model is evaluated on the server, not on the clients
         "min_train_nodes": federation.min_clients,
-        "min_available_nodes": federation.min_clients,
+        "min_available_nodes": max(available, federation.min_clients),
+        "weighted_by_key": protocol.NUM_EXAMPLES,
+        "arrayrecord_key": protocol.ARRAYS,
+        "configrecord_key": protocol.CONFIG,
+        "local_keys": local_keys,
+        "node_timeout_s": min(NODE_TIMEOUT_S, federation.round_timeout_s),
     }
-    strategy: ScreenedFedAvg | ScreenedFedProx
     if federation.strategy == "fedprox":
-        strategy = ScreenedFedProx(proximal_mu=federation.proximal_mu, **common)
-    else:
-        strategy = ScreenedFedAvg(**common)
-    strategy.setup_screening(local_keys, node_timeout_s=min(NODE_TIMEOUT_S, federation.round_timeout_s))
-    return strategy
+        return ScreenedFedProx(proximal_mu=federation.proximal_mu, **common)
+    return ScreenedFedAvg(**common)
+
+
+class SiteDirectory:
+    """Which node is which site, and which nodes hold the run's settings (fedgin.federation.protocol)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.specs: dict[int, ClientSpec] = {}
+        #: Why a node is not (yet) known as a site: its answer to the query, or that it gave none.
+        self.problems: dict[int, str] = {}
+        #: Nodes that received the run's settings from this server process.
+        self.settled: set[int] = set()
+
+    def learn(self, asked: list[int], replies: list[Message]) -> None:
+        """Record the sites the queried nodes said they are."""
+        for node in asked:
+            self.problems[node] = "no answer to the server's query for its site"
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.problems[node] = f"client error: {short_reason(reply.error.reason)}"
+                continue
+            try:
+                self.specs[node] = protocol.client_spec(self.config, reply.content[protocol.IDENTITY])
+            except (ConfigError, KeyError) as error:
+                self.problems[node] = f"unknown site: {error}"
+            else:
+                self.problems.pop(node, None)
+
+    def settings_for(self, node: int) -> RecordDict | None:
+        """The SETTINGS record to add to the node's train message, if it does not hold them yet."""
+        if node in self.settled:
+            return None
+        self.settled.add(node)
+        return RecordDict({protocol.SETTINGS: protocol.settings_record(self.config, self.specs[node])})
 
 
 def server_validation(config: RunConfig) -> ValidationSet:
@@ -98,25 +140,25 @@ class FederationServer:
         console: Console,
         resume_from: Path | None = None,
         stop_after: int | None = None,
+        wait_for_all_sites: bool = False,
     ) -> None:
+        """`wait_for_all_sites`: see `build_strategy` (the simulation engine sets it)."""
         self.config = config
         self.console = console
-        self.run_dir = config.output
+        self.run = RunDirectory(config.output, "federated", title=config.name)
+        self.run_dir = self.run.path
         self.stop_after = stop_after
-        self.device = resolve_device(config.train.device)
-        self.amp = config.train.amp if config.train.amp is not None else self.device.type == "cuda"
+        self.wait_for_all_sites = wait_for_all_sites
+        self.device, self.amp = resolve_device_and_amp(config.train)
         self.model = build_unet(config.model).to(self.device)
         self.state = initial_state(config)
         self.round = 0
         self.history: list[dict] = []
-        self.best_score, self.best_round = -math.inf, -1
+        self.best = Best()
         if resume_from is not None:
-            checkpoint = load_checkpoint(resume_from)
-            self.state = dict(checkpoint["model"])
-            self.round = int(checkpoint["round"])
-            self.history = list(checkpoint.get("history", []))
-            self.best_score = float(checkpoint.get("best_score", -math.inf))
-            self.best_round = int(checkpoint.get("best_round", -1))
+            resumed = self.run.read_checkpoint(resume_from)
+            self.state = dict(resumed.payload["model"])
+            self.round, self.history, self.best = resumed.progress, resumed.history, resumed.best
         self.seconds = 0.0
         #: Seconds of this process's round loop (the rest of a run's time is the engine's start and stop).
         self.rounds_seconds = 0.0
@@ -125,6 +167,7 @@ class FederationServer:
         self.thread: threading.Thread | None = None
         #: Why each site was last left out of a round (this process's rounds; names from client errors).
         self.left_out_reasons: dict[str, str] = {}
+        self.sites = SiteDirectory(config)
 
     def interrupt(self, grace_s: float = 5.0) -> bool:
         """Stop the round loop from another thread; True once the server's thread has ended.
@@ -221,48 +264,39 @@ class FederationServer:
     @property
     def result(self) -> FederationResult:
         return FederationResult(
-            self.run_dir, self.round, self.best_score, self.best_round, list(self.history), self.seconds
+            self.run_dir, self.round, self.best.score, self.best.progress, list(self.history), self.seconds
         )
 
     def write_summary(self, seconds: float, engine: str) -> None:
         """summary.json of the run, the same for the simulation and the deployment engine."""
         self.seconds = seconds
-        atomic_write_json(
-            self.run_dir / "summary.json",
-            {
-                "rounds": self.round,
-                "best_score": self.best_score,
-                "best_round": self.best_round,
-                "seconds": round(seconds, 3),
-                "rounds_seconds": round(self.rounds_seconds, 3),
-                "engine": engine,
-            },
+        self.run.write_summary(
+            self.round,
+            self.best,
+            seconds=round(seconds, 3),
+            rounds_seconds=round(self.rounds_seconds, 3),
+            engine=engine,
         )
 
     def save(self, name: str) -> None:
-        """A fedgin checkpoint (loadable by `fedgin evaluate --checkpoint`) plus the round and history."""
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "kind": "federated",
-            "model": self.state,
-            "config": self.config.model_dump(mode="json"),
-            "round": self.round,
-            "step": self.round,
-            "history": self.history,
-            "best_score": self.best_score,
-            "best_round": self.best_round,
-        }
-        with atomic_path(self.run_dir / "checkpoints" / name) as tmp:
-            torch.save(payload, tmp)
+        """A fedgin checkpoint (loadable by `fedgin evaluate --checkpoint`) of the global model."""
+        self.run.save_checkpoint(
+            name,
+            model=self.state,
+            config=self.config,
+            progress=self.round,
+            history=self.history,
+            best=self.best,
+        )
 
     def main(self, grid: Grid, context: Context) -> None:
         """The ServerApp's main: one iteration per round from the last completed one."""
         config, federation = self.config, self.config.federation
         self.thread = threading.current_thread()
         started = time.perf_counter()
-        strategy = build_strategy(config, norm_keys(self.model) if federation.fedbn else set())
+        local_keys = norm_keys(self.model) if federation.fedbn else set()
+        strategy = build_strategy(config, local_keys, wait_for_all_sites=self.wait_for_all_sites)
         validation = server_validation(config)
-        settings = ConfigRecord({CONFIG_KEY: config.model_dump_json()})
         last = federation.rounds if self.stop_after is None else min(federation.rounds, self.stop_after)
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -279,7 +313,7 @@ class FederationServer:
             while self.round < last:
                 if self.stopping.is_set():
                     raise _Stopped()
-                row = self.run_round(grid, strategy, validation, settings, self.round + 1)
+                row = self.run_round(grid, strategy, validation, self.round + 1)
                 summary = (
                     f"round {row['round']}: {row['clients']} clients, loss {row['train_loss']:.4f}, "
                     + ", ".join(
@@ -294,13 +328,30 @@ class FederationServer:
                 self.rounds_seconds = time.perf_counter() - started
         self.seconds = time.perf_counter() - started
 
+    def address(self, grid: Grid, strategy: ScreeningMixin, messages: Iterable[Message]) -> list[Message]:
+        """The round's train messages to send: nodes not yet known as sites are asked which they are, and a
+        node's first message carries the run's settings and its site's spec (fedgin.federation.protocol)."""
+        messages = list(messages)
+        unknown = [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in self.sites.specs]
+        if unknown:
+            queries = [
+                Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in unknown
+            ]
+            self.sites.learn(unknown, self.exchange(grid, queries, self.config.federation.round_timeout_s))
+        addressed = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if node not in self.sites.specs:
+                strategy.withhold(node, self.sites.problems[node])
+                continue
+            settings = self.sites.settings_for(node)
+            if settings is not None:
+                message.content = RecordDict({**message.content, **settings})
+            addressed.append(message)
+        return addressed
+
     def run_round(
-        self,
-        grid: Grid,
-        strategy: ScreeningMixin,
-        validation: ValidationSet,
-        settings: ConfigRecord,
-        server_round: int,
+        self, grid: Grid, strategy: ScreeningMixin, validation: ValidationSet, server_round: int
     ) -> dict:
         started = time.perf_counter()
         reference = self.state
@@ -308,11 +359,17 @@ class FederationServer:
         # The schedule runs over rounds and the server sends each round's rate: a resumed federation
         # continues it exactly, and every site trains the round at the same rate.
         lr = learning_rate(self.config.train, server_round - 1, self.config.federation.rounds)
-        round_settings = ConfigRecord({**dict(settings), LR_KEY: lr})
-        messages = strategy.configure_train(server_round, arrays, round_settings, grid)
+        round_settings = ConfigRecord({protocol.LR: lr})
+        messages = self.address(
+            grid, strategy, strategy.configure_train(server_round, arrays, round_settings, grid)
+        )
+        bytes_down = sum(content_bytes(message.content) for message in messages)
         replies = self.exchange(grid, messages, timeout=self.config.federation.round_timeout_s)
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         reports = strategy.reports
+        for report in reports:  # its state may be gone (a restarted SuperNode): the settings go again
+            if not report.accepted:
+                self.sites.settled.discard(report.node_id)
         rejected = {self._site_name(r.name, r.reason): r.reason for r in reports if not r.accepted}
         self.left_out_reasons.update(rejected)
         left_out = "; ".join(f"{name}: {reason}" for name, reason in rejected.items())
@@ -328,20 +385,23 @@ class FederationServer:
         self.round = server_round
 
         accepted = [r for r in reports if r.accepted]
-        examples = sum(r.metrics["num-examples"] for r in accepted)
+        examples = sum(r.metrics[protocol.NUM_EXAMPLES] for r in accepted)
         row: dict = {
             "round": server_round,
             "clients": len(accepted),
             "left_out": left_out,
             "lr": float(f"{lr:.6g}"),
             "train_loss": round(
-                sum(r.metrics["train-loss"] * r.metrics["num-examples"] for r in accepted) / examples, 5
+                sum(r.metrics[protocol.TRAIN_LOSS] * r.metrics[protocol.NUM_EXAMPLES] for r in accepted)
+                / examples,
+                5,
             ),
         }
         for report in accepted:
-            row[f"loss_{report.name}"] = round(report.metrics["train-loss"], 5)
-            row[f"examples_{report.name}"] = int(report.metrics["num-examples"])
-            row[f"train_seconds_{report.name}"] = round(float(report.metrics.get("seconds", math.nan)), 3)
+            metrics = report.metrics
+            row[f"loss_{report.name}"] = round(metrics[protocol.TRAIN_LOSS], 5)
+            row[f"examples_{report.name}"] = int(metrics[protocol.NUM_EXAMPLES])
+            row[f"train_seconds_{report.name}"] = round(float(metrics.get(protocol.SECONDS, math.nan)), 3)
             for domain, value in report.validation.items():  # the site's own validation cases
                 row[f"site_val_{report.name}_{domain}"] = round(value, 5)
         if validation.cases:
@@ -353,17 +413,14 @@ class FederationServer:
         else:  # without evaluation cases the best model is the one with the lowest training loss
             score = -row["train_loss"]
         row["val_score"] = round(score, 5)
-        row["bytes_down"] = sum(strategy.sent.values())
+        row["bytes_down"] = bytes_down
         row["bytes_up"] = sum(r.bytes_up for r in reports)
         row["seconds"] = round(time.perf_counter() - started, 3)
         self.history.append(row)
-        if score > self.best_score:
-            self.best_score, self.best_round = score, server_round
+        if score > self.best.score:
+            self.best = Best(score, server_round)
             self.save("best.pt")
         # last.pt is the commit point of a round: a server killed before it repeats the round on resume.
         self.save("last.pt")
-        write_history(self.run_dir / "rounds.csv", self.history)
-        plot_learning_curve(
-            self.run_dir / "rounds.csv", self.run_dir / "learning_curve.png", "round", self.config.name
-        )
+        self.run.write_history(self.history)
         return row

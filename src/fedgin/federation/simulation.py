@@ -18,9 +18,10 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from rich.console import Console
 
-from fedgin.config import RunConfig, dump_toml
+from fedgin.config import RunConfig
 from fedgin.errors import ConfigError, DataError, FedginError
 from fedgin.federation.client import client_run_config
+from fedgin.federation.flower import flower_env
 from fedgin.federation.screening import FederationError
 from fedgin.federation.server import (
     FederationInterrupted,
@@ -29,27 +30,13 @@ from fedgin.federation.server import (
     server_validation,
 )
 from fedgin.processes import descendants, start_time
+from fedgin.runs import RunDirectory
 from fedgin.training.data import build_train_slices
-from fedgin.training.trainer import prepare_run_dir
 
 #: Seconds a Ctrl-C waits for the server thread to end its round cleanly before it is stopped.
 INTERRUPT_GRACE_S = 5.0
 #: Seconds Ray's processes get to end after ray.shutdown() before they are killed.
 RAY_EXIT_WAIT_S = 2.0
-
-
-def check_federation(config: RunConfig) -> None:
-    """Refuse configurations that cannot run: no clients, duplicate names, min_clients above the count."""
-    federation = config.federation
-    if not federation.clients:
-        raise ConfigError("federation.clients: no clients (add [[federation.clients]] tables)")
-    names = [client.name for client in federation.clients]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"federation.clients: client names must be unique, got {names}")
-    if federation.min_clients > len(names):
-        raise ConfigError(
-            f"federation.min_clients is {federation.min_clients} but only {len(names)} clients are configured"
-        )
 
 
 def check_sites(config: RunConfig) -> None:
@@ -75,20 +62,6 @@ def check_sites(config: RunConfig) -> None:
         raise DataError(error.path, f"{error.problem} (the server's evaluation cases)") from None
     except FedginError as error:
         raise ConfigError(f"server evaluation: {error}") from None
-
-
-def flower_environment(run_dir: Path) -> dict[str, str]:
-    """Flower's pitfalls switched off: no telemetry, no runtime installs, FLWR_HOME inside the run."""
-    env = {
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_HOME": str((run_dir / ".flwr").resolve()),
-        "RAY_DEDUP_LOGS": "0",
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # Ray's FutureWarning about GPU env vars
-    }
-    os.environ.update(env)
-    Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
-    return env
 
 
 def backend_config(config: RunConfig) -> dict:
@@ -130,15 +103,17 @@ def run_federation(
     from fedgin.federation.client import app as default_client_app
 
     console = console or Console()
-    check_federation(config)
+    config.federation.require_clients()
     check_sites(config)
-    run_dir = config.output
-    resume_from = prepare_run_dir(run_dir, resume, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_toml(config, run_dir / "config.toml")
-    flower_environment(run_dir)
+    run = RunDirectory(config.output, "federated")
+    run_dir = run.path
+    resume_from = run.check(resume, overwrite)
+    server = FederationServer(
+        config, console, resume_from=resume_from, stop_after=stop_after, wait_for_all_sites=True
+    )
+    run.start(config, resume_from, overwrite)
+    os.environ.update(flower_env(run_dir / ".flwr"))
 
-    server = FederationServer(config, console, resume_from=resume_from, stop_after=stop_after)
     if resume_from is not None:
         console.print(f"resuming {run_dir} after round {server.round}")
     federation = config.federation
@@ -307,36 +282,3 @@ def _stop_ray() -> None:
         return
     if ray.is_initialized():
         ray.shutdown()
-
-
-def load_federation_config(path: Path, output: Path | None = None, rounds: int | None = None) -> RunConfig:
-    """A federation's run config from TOML with the command line's overrides, checked to be runnable."""
-    from fedgin.config import load_toml
-
-    config = load_toml(path, RunConfig)
-    if output is not None:
-        config.output = output
-    if rounds is not None:
-        config.federation.rounds = rounds
-    check_federation(config)
-    return config
-
-
-def federate_command(
-    config_path: Path,
-    resume: bool = False,
-    overwrite: bool = False,
-    output: Path | None = None,
-    rounds: int | None = None,
-    console: Console | None = None,
-) -> FederationResult:
-    """What `fedgin federate --config fl.toml [--resume] [--overwrite]` runs."""
-    config = load_federation_config(config_path, output, rounds)
-    console = console or Console()
-    result = run_federation(config, resume=resume, overwrite=overwrite, console=console)
-    console.print(
-        f"federation {result.run_dir}: {result.rounds} rounds in {result.seconds:.1f} s, best validation "
-        f"score {result.best_score:.4f} at round {result.best_round}; checkpoints in "
-        f"{result.run_dir / 'checkpoints'}"
-    )
-    return result
