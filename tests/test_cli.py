@@ -6,7 +6,9 @@ import csv
 import gzip
 from pathlib import Path
 
+import click
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from fedgin.cli import app
@@ -228,3 +230,91 @@ def test_certs_makes_a_ca_and_one_key_pair_per_site(tmp_path: Path) -> None:
         assert (tmp_path / "certs" / name).stat().st_size > 0, name
     assert (tmp_path / "certs" / "supernodes" / "ct.key").stat().st_mode & 0o077 == 0
     assert invoke("certs", "--out", tmp_path / "x", "--sites", " ").exit_code == 2
+
+
+def help_text(*command: str) -> str:
+    """A command's --help as plain text on a wide terminal, so that no phrase is wrapped over two lines."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    return click.unstyle(result.output)
+
+
+def parsed_options(command: list[str], args: list[str]) -> dict[str, object]:
+    """What click parses from `args` for a (sub)command with the root's context settings, not running it."""
+    root = typer.main.get_command(app)
+    target = root
+    for name in command:
+        target = target.commands[name]  # type: ignore[attr-defined]
+    with target.make_context(" ".join(command), args, **root.context_settings) as context:
+        return dict(context.params)
+
+
+@pytest.mark.parametrize(
+    ("command", "tables"),
+    [
+        (["prepare"], "[preprocess]"),
+        (["federate"], "[federation] and [[federation.clients]]"),
+        (["deploy", "run"], "[[federation.clients]]"),
+        (["deploy", "register"], "[[federation.clients]]"),
+        (["deploy", "supernode"], "[[federation.clients]]"),
+        (["synth"], "[weights] and optional [custom.NAME]"),
+    ],
+)
+def test_help_shows_toml_table_names(command: list[str], tables: str) -> None:
+    assert tables in help_text(*command)
+
+
+def test_evaluate_help_names_the_alternatives_and_where_out_goes() -> None:
+    text = help_text("evaluate")
+    assert "either --checkpoint and --data" in text and "or --pred and --ref" in text
+    assert "default: RUN/eval_SPLIT for a checkpoint RUN/checkpoints/*.pt" in text
+    assert "or evaluation beside the --pred folder" in text
+
+
+@pytest.mark.parametrize(
+    ("command", "description"),
+    [
+        (["inspect"], "CACHE is a cache folder written by `fedgin prepare`."),
+        (["deploy", "register"], "PUBLIC_KEY is the site's public key in OpenSSH format"),
+        (["protocols"], "MIX is a preset or a mix TOML file"),
+    ],
+)
+def test_help_describes_the_arguments(command: list[str], description: str) -> None:
+    assert description in help_text(*command)
+
+
+WRITING_COMMANDS = [
+    ["synth"], ["prepare"], ["federate"], ["certs"], ["deploy", "run"], ["evaluate"], ["gin-preview"],
+    ["train"], ["demo"], ["study"], ["predict"], ["export"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", WRITING_COMMANDS, ids=" ".join)
+def test_every_writing_command_shows_one_output_option(command: list[str]) -> None:
+    text = help_text(*command)
+    assert "--out " in text and " -o " in text
+    assert "--output" not in text
+
+
+@pytest.mark.parametrize(
+    ("command", "required", "name"),
+    [
+        (["train"], ["--config", "run.toml"], "output"),
+        (["federate"], ["--config", "run.toml"], "output"),
+        (["deploy", "run"], ["--config", "run.toml"], "output"),
+        (["study"], [], "output"),
+        (["predict"], ["--input", "scan.nii.gz", "--model", "m.fedgin.pt"], "output"),
+        (["export"], ["--checkpoint", "best.pt"], "output"),
+        (["evaluate"], [], "out"),
+    ],
+)
+def test_output_is_a_hidden_alias_of_out(command: list[str], required: list[str], name: str) -> None:
+    for spelling in ("--out", "-o", "--output", "--output=x"):
+        args = [*required, spelling] if "=" in spelling else [*required, spelling, "x"]
+        assert str(parsed_options(command, args)[name]) == "x", spelling
+
+
+def test_the_hidden_alias_reaches_the_command(tmp_path: Path) -> None:
+    result = invoke("certs", "--output", tmp_path / "certs", "--sites", "ct")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "certs" / "ca.crt").stat().st_size > 0

@@ -263,3 +263,104 @@ def test_preview_writes_a_png(tmp_path: Path) -> None:
     images = {"CT": 1.0 + disc + 0.02 * xx, "MRI T2": 2.0 - disc}
     out = save_gin_preview(images, tmp_path / "preview" / "gin.png", draws=3, seed=0)
     assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("shape", [(1, 24, 20), (2, 8, 12, 10)])
+def test_one_channel_first_sample_is_a_batch_of_one(shape: tuple[int, ...]) -> None:
+    sample = smooth_batch((1, *shape))[0]
+    out = RandGIN(batched=False).set_random_state(seed=3)(sample)
+    batched = RandGIN().set_random_state(seed=3)(sample[None])
+    assert out.shape == sample.shape and torch.equal(out, batched[0])
+
+
+def test_numpy_in_numpy_out_with_the_same_values() -> None:
+    sample = smooth_batch((1, 1, 16, 16))[0]
+    out = RandGIN(batched=False).set_random_state(seed=0)(sample.numpy())
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (1, 16, 16)
+    expected = RandGIN(batched=False).set_random_state(seed=0)(sample)
+    np.testing.assert_array_equal(out, expected.numpy())
+    batch = smooth_batch((2, 1, 16, 16), dtype=torch.float64)
+    out_batch = RandGIN().set_random_state(seed=0)(batch.numpy())
+    assert isinstance(out_batch, np.ndarray) and out_batch.dtype == np.float64
+    assert np.array_equal(out_batch, RandGIN().set_random_state(seed=0)(batch).numpy())
+
+
+def test_a_meta_tensor_sample_keeps_its_metadata() -> None:
+    affine = torch.diag(torch.tensor([2.0, 2.0, 5.0, 1.0], dtype=torch.float64))
+    sample = MetaTensor(smooth_batch((1, 1, 6, 16, 16))[0], affine=affine)
+    out = RandGIN(batched=False).set_random_state(seed=0)(sample)
+    assert isinstance(out, MetaTensor) and out.shape == sample.shape
+    torch.testing.assert_close(out.affine, affine)
+    assert not torch.allclose(out.as_tensor(), sample.as_tensor())
+
+
+def test_a_sample_of_the_wrong_rank_is_rejected() -> None:
+    with pytest.raises(ValueError, match="channel-first sample"):
+        RandGIN(batched=False)(torch.ones(8, 8))
+    with pytest.raises(ValueError, match="channel-first sample"):
+        RandGIN(batched=False)(torch.ones(1, 1, 1, 8, 8))
+
+
+def test_monai_backend_and_a_seeded_compose_of_the_dict_form() -> None:
+    from monai.transforms import Compose
+    from monai.utils import TransformBackends
+
+    assert RandGIN.backend == RandGINd.backend == [TransformBackends.TORCH]
+    image = smooth_batch((1, 1, 16, 16))[0].numpy()
+    label = (image > 0.5).astype(np.uint8)
+
+    def pipeline() -> Compose:
+        return Compose([RandGINd(keys="image", batched=False)]).set_random_state(seed=4)
+
+    out = pipeline()({"image": image, "label": label})
+    assert isinstance(out["image"], np.ndarray) and out["image"].shape == image.shape
+    assert out["label"] is label and not np.allclose(out["image"], image)
+    np.testing.assert_array_equal(pipeline()({"image": image, "label": label})["image"], out["image"])
+
+
+def test_the_docstring_examples_run() -> None:
+    import doctest
+
+    import fedgin.augment.gin
+
+    result = doctest.testmod(fedgin.augment.gin, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+def test_gin_config_defaults_are_rand_gin_defaults_and_are_validated() -> None:
+    import inspect
+
+    from fedgin.config import GINConfig
+
+    settings = GINConfig().model_dump(exclude={"enabled"})
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(RandGIN).parameters.items()
+        if name in settings
+    }
+    assert defaults == settings and set(settings) <= set(inspect.signature(RandGIN).parameters)
+    with pytest.raises(ValueError, match="odd"):
+        GINConfig(kernel_sizes=(1, 2))
+    with pytest.raises(ValueError, match="alpha_range"):
+        GINConfig(alpha_range=(0.8, 0.2))
+    with pytest.raises(ValueError, match="alpha_range"):
+        GINConfig(alpha_range=(0.0, 1.5))
+
+
+def test_gin_config_reaches_the_trainer(caches: dict[str, Path], tmp_path: Path) -> None:
+    from fedgin.config import DataSpec, GINConfig, ModelConfig, RunConfig
+    from fedgin.training.data import build_train_slices
+    from fedgin.training.trainer import LocalTrainer
+
+    config = RunConfig(
+        name="gin",
+        output=tmp_path / "run",
+        data={"train": [DataSpec(cache=caches["ct"])]},
+        model=ModelConfig(channels=(4, 8), strides=(2,), num_res_units=1),
+        gin=GINConfig(kernel_sizes=(3, 5), alpha_range=(0.2, 0.4), n_layers=3, shared_network=True),
+        train={"device": "cpu"},
+    )
+    gin = LocalTrainer(config, build_train_slices(config)).gin
+    assert gin is not None
+    assert (gin.kernel_sizes, gin.alpha_range) == ((3, 5), (0.2, 0.4))
+    assert gin.n_layers == 3 and gin.shared_network

@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.config import KeysCollection
+from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, RandomizableTransform
-from monai.utils import convert_to_dst_type
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
 __all__ = [
     "GINParameters",
@@ -240,13 +241,18 @@ def apply_gin(x: torch.Tensor, params: GINParameters) -> torch.Tensor:
 
 
 class RandGIN(RandomizableTransform):
-    """MONAI-style random GIN on a batched tensor (B, C, H, W) or (B, C, D, H, W).
+    """MONAI-style random GIN on a batch (B, C, H, W) / (B, C, D, H, W), or on one channel-first sample.
+
+    Batches (the default) are what the training loop augments on its device, one network per sample.
+    With `batched=False` the input is one sample (C, H, W) or (C, D, H, W), as MONAI array transforms take
+    it (inside a `Compose` on the data loader, say). A numpy array, a tensor or a MetaTensor comes back as
+    the same type (MetaTensor metadata kept); the arithmetic is torch's, hence `backend`.
 
     Randomness: every call draws a seed from the MONAI RandomState `self.R` (seed it with
     `set_random_state(seed=...)`) and uses it to seed a CPU `torch.Generator` for all tensor draws; or pass
     `generator=` to `__call__` to draw from your own `torch.Generator` instead (then `self.R` is not used).
-    The parameters of the latest call are kept in `last_params`; `apply_gin(x, rand_gin.last_params)`
-    replays that call exactly.
+    The parameters of the latest call are kept in `last_params` (for a batch of one when `batched=False`);
+    `apply_gin(batch, rand_gin.last_params)` replays that call exactly.
 
     Args:
         prob: probability of augmenting each sample; a sample not selected is returned unchanged.
@@ -256,7 +262,27 @@ class RandGIN(RandomizableTransform):
         alpha_range: per sample, alpha ~ U(alpha_range).
         shared_network: draw one network for the whole batch (the FedGIN authors' code) instead of one per
             sample (GIN as published, the default); alpha stays per sample either way.
+        batched: True: inputs are batches (B, C, ...); False: one channel-first sample (C, ...).
+
+    Example:
+        >>> import numpy as np
+        >>> import torch
+        >>> gin = RandGIN().set_random_state(seed=0)
+        >>> batch = torch.rand(4, 1, 32, 32) + 0.1
+        >>> out = gin(batch)
+        >>> out.shape, out.dtype
+        (torch.Size([4, 1, 32, 32]), torch.float32)
+        >>> torch.allclose(out.flatten(1).norm(dim=1), batch.flatten(1).norm(dim=1))  # each norm kept
+        True
+        >>> torch.equal(apply_gin(batch, gin.last_params), out)  # the draw replays exactly
+        True
+        >>> volume = np.random.default_rng(0).random((1, 8, 32, 32), dtype=np.float32)  # (C, D, H, W)
+        >>> augmented = RandGIN(batched=False).set_random_state(seed=0)(volume)
+        >>> type(augmented).__name__, augmented.shape, augmented.dtype
+        ('ndarray', (1, 8, 32, 32), dtype('float32'))
     """
+
+    backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH]
 
     def __init__(
         self,
@@ -266,6 +292,7 @@ class RandGIN(RandomizableTransform):
         kernel_sizes: Sequence[int] = (1, 3),
         alpha_range: tuple[float, float] = (0.0, 1.0),
         shared_network: bool = False,
+        batched: bool = True,
     ) -> None:
         RandomizableTransform.__init__(self, prob)
         self.n_layers = n_layers
@@ -273,6 +300,7 @@ class RandGIN(RandomizableTransform):
         self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
         self.alpha_range = (float(alpha_range[0]), float(alpha_range[1]))
         self.shared_network = shared_network
+        self.batched = batched
         self.last_params: GINParameters | None = None
         # Validate the settings once, up front, rather than on the first batch.
         sample_gin_parameters((1, 1, 1, 1), **self._settings())
@@ -287,6 +315,18 @@ class RandGIN(RandomizableTransform):
             "shared_network": self.shared_network,
         }
 
+    def _as_batch(self, img: NdarrayOrTensor) -> torch.Tensor:
+        """The input as a plain tensor (B, C, *spatial): a single sample becomes a batch of one."""
+        x = convert_to_tensor(img, track_meta=False)
+        if self.batched:
+            return x
+        if x.ndim not in (3, 4):
+            raise ValueError(
+                "RandGIN(batched=False) expects one channel-first sample (C, H, W) or (C, D, H, W); "
+                f"got shape {tuple(x.shape)}"
+            )
+        return x.unsqueeze(0)
+
     def sample_parameters(
         self,
         x_shape: Sequence[int],
@@ -298,30 +338,37 @@ class RandGIN(RandomizableTransform):
             generator = torch.Generator().manual_seed(int(self.R.randint(0, _MAX_TORCH_SEED)))
         return sample_gin_parameters(x_shape, generator=generator, device=device, **self._settings())
 
-    def randomize(self, data: torch.Tensor | None = None, generator: torch.Generator | None = None) -> None:
-        """Draw the parameters for a batch like `data` into `last_params`."""
+    def randomize(
+        self, data: NdarrayOrTensor | None = None, generator: torch.Generator | None = None
+    ) -> None:
+        """Draw the parameters for an input like `data` (a batch, or a sample if not `batched`)."""
         if data is None:
-            raise ValueError("RandGIN.randomize needs the batch to size the random networks")
-        self.last_params = self.sample_parameters(data.shape, data.device, generator)
+            raise ValueError("RandGIN.randomize needs the input to size the random networks")
+        batch = self._as_batch(data)
+        self.last_params = self.sample_parameters(batch.shape, batch.device, generator)
         self._do_transform = bool(self.last_params.applied.any())
 
     def __call__(
-        self, img: torch.Tensor, randomize: bool = True, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+        self, img: NdarrayOrTensor, randomize: bool = True, generator: torch.Generator | None = None
+    ) -> NdarrayOrTensor:
         if randomize or self.last_params is None:
             self.randomize(img, generator)
         assert self.last_params is not None
         if not self._do_transform:
             return img
-        return apply_gin(img, self.last_params)
+        out = apply_gin(self._as_batch(img), self.last_params)
+        return convert_to_dst_type(out if self.batched else out[0], img)[0]
 
 
 class RandGINd(RandomizableTransform, MapTransform):
-    """Dictionary form of `RandGIN`: augments the listed keys of a dict batch, leaves every other key alone.
+    """Dictionary form of `RandGIN`: augments the listed keys of a dict, leaves every other key alone.
 
-    One set of parameters is drawn per call (sized by the first listed key present) and applied to all
-    listed keys, so they must share a shape; see `RandGIN` for the randomness and the arguments.
+    The dict holds a batch, or one sample with `batched=False`. One set of parameters is drawn per call
+    (sized by the first listed key present) and applied to all listed keys, so they must share a shape;
+    see `RandGIN` for the randomness and the arguments.
     """
+
+    backend = RandGIN.backend
 
     def __init__(
         self,
@@ -332,11 +379,14 @@ class RandGINd(RandomizableTransform, MapTransform):
         kernel_sizes: Sequence[int] = (1, 3),
         alpha_range: tuple[float, float] = (0.0, 1.0),
         shared_network: bool = False,
+        batched: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.gin = RandGIN(prob, n_layers, interm_channels, kernel_sizes, alpha_range, shared_network)
+        self.gin = RandGIN(
+            prob, n_layers, interm_channels, kernel_sizes, alpha_range, shared_network, batched
+        )
 
     @property
     def last_params(self) -> GINParameters | None:
@@ -350,8 +400,8 @@ class RandGINd(RandomizableTransform, MapTransform):
         return self
 
     def __call__(
-        self, data: Mapping[Hashable, torch.Tensor], generator: torch.Generator | None = None
-    ) -> dict[Hashable, torch.Tensor]:
+        self, data: Mapping[Hashable, NdarrayOrTensor], generator: torch.Generator | None = None
+    ) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         first_key = self.first_key(d)
         if first_key == ():
