@@ -81,11 +81,15 @@ def run() -> dict:
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
-    print(f"{'model':>26} {'parameters':>11} {'dtype':>8} {'down MB':>9} {'up MB':>9}")
+    print(f"{'model':>26} {'parameters':>11} {'dtype':>8} {'down MB':>9} {'up MB':>9} {'first extra kB':>15}")
     for name, entry in run().items():
         for dtype in ("float32", "float16"):
             down, up = entry[dtype]["down_bytes"], entry[dtype]["up_bytes"]
-            print(f"{name:>26} {entry['parameters']:>11,} {dtype:>8} {down / 1e6:>9.3f} {up / 1e6:>9.3f}")
+            extra = entry[dtype]["first_down_bytes"] - down  # once per site: settings and its spec
+            print(
+                f"{name:>26} {entry['parameters']:>11,} {dtype:>8} {down / 1e6:>9.3f} {up / 1e6:>9.3f} "
+                f"{extra / 1e3:>15.2f}"
+            )
 
 
 if __name__ == "__main__":
