@@ -359,8 +359,20 @@ class FederationConfig(Settings):
         None, ge=1, description="Optimizer steps per client and round; None: local_epochs epochs."
     )
     local_epochs: int = Field(1, ge=1, description="Local epochs per round when local_steps is None.")
-    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "median", "trimmed_mean", "krum", "multikrum", "bulyan"] = Field(
+        "fedavg",
+        description="How the server combines the sites' weights (federation/robust.py: the robust ones).",
+    )
     proximal_mu: float = Field(0.01, ge=0.0, description="FedProx: weight of mu/2 ||w - w_global||^2.")
+    trim_beta: float = Field(
+        0.2, ge=0.0, lt=0.5, description="trimmed_mean: share of values dropped at each end, per coordinate."
+    )
+    num_malicious: int = Field(
+        0, ge=0, description="krum, multikrum, bulyan: how many sites may send bad updates (f)."
+    )
+    multikrum_select: int = Field(
+        1, ge=1, description="multikrum: how many of the best-scored updates are averaged."
+    )
     fedbn: bool = Field(False, description="Normalisation-layer weights stay on the sites (FedBN).")
     min_clients: int = Field(2, ge=1, description="A round needs at least this many valid replies.")
     client_validation: bool = Field(
@@ -400,6 +412,20 @@ class FederationConfig(Settings):
             raise ConfigError(
                 f"federation.min_clients is {self.min_clients} but only {len(self.clients)} clients are "
                 "configured"
+            )
+        # A round may aggregate as few as min_clients replies: each rule must hold for that many.
+        f = self.num_malicious
+        needed = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(self.strategy)
+        if needed is not None and self.min_clients < needed:
+            raise ConfigError(
+                f"federation.strategy {self.strategy} with num_malicious = {f} needs at least {needed} "
+                f"replies a round, but min_clients is {self.min_clients} (raise min_clients, with that many "
+                "sites)"
+            )
+        if self.strategy == "multikrum" and self.multikrum_select > self.min_clients - f:
+            raise ConfigError(
+                f"federation.multikrum_select is {self.multikrum_select}, more than the "
+                f"min_clients - num_malicious = {self.min_clients - f} updates a round is sure to have"
             )
 
 

@@ -7,7 +7,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,13 @@ from fedgin.errors import ConfigError
 from fedgin.federation import protocol
 from fedgin.federation.fedavg import ScreenedFedAvg
 from fedgin.federation.fedprox import ScreenedFedProx
+from fedgin.federation.robust import (
+    ScreenedBulyan,
+    ScreenedFedMedian,
+    ScreenedFedTrimmedAvg,
+    ScreenedKrum,
+    ScreenedMultiKrum,
+)
 from fedgin.federation.screening import FederationError, ScreeningMixin, short_reason
 from fedgin.federation.weights import content_bytes, norm_keys, to_record, to_state_dict
 from fedgin.model import build_unet, resolve_device_and_amp
@@ -57,7 +64,7 @@ class FederationResult:
 
 def build_strategy(
     config: RunConfig, local_keys: set[str], wait_for_all_sites: bool = False
-) -> ScreenedFedAvg | ScreenedFedProx:
+) -> ScreeningMixin:
     """The strategy named in the config, with screening of client replies.
 
     `wait_for_all_sites` (simulation, where every configured site has a node): sample a round only once
@@ -77,9 +84,20 @@ def build_strategy(
         "local_keys": local_keys,
         "node_timeout_s": min(NODE_TIMEOUT_S, federation.round_timeout_s),
     }
-    if federation.strategy == "fedprox":
-        return ScreenedFedProx(proximal_mu=federation.proximal_mu, **common)
-    return ScreenedFedAvg(**common)
+    strategies: dict[str, Callable[[], ScreeningMixin]] = {
+        "fedavg": lambda: ScreenedFedAvg(**common),
+        "fedprox": lambda: ScreenedFedProx(proximal_mu=federation.proximal_mu, **common),
+        "median": lambda: ScreenedFedMedian(**common),
+        "trimmed_mean": lambda: ScreenedFedTrimmedAvg(beta=federation.trim_beta, **common),
+        "krum": lambda: ScreenedKrum(num_malicious_nodes=federation.num_malicious, **common),
+        "multikrum": lambda: ScreenedMultiKrum(
+            num_malicious_nodes=federation.num_malicious,
+            num_nodes_to_select=federation.multikrum_select,
+            **common,
+        ),
+        "bulyan": lambda: ScreenedBulyan(num_malicious_nodes=federation.num_malicious, **common),
+    }
+    return strategies[federation.strategy]()
 
 
 class SiteDirectory:
