@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
 from fedgin.config import RunConfig, validate
@@ -95,3 +96,36 @@ def test_a_median_federation_runs_on_flower(caches: dict[str, Path], tmp_path: P
     with open(config.output / "rounds.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["round"] for row in rows] == ["1", "2"] and all(row["clients"] == "2" for row in rows)
+
+
+def test_poisoned_updates_are_what_each_fault_mode_says() -> None:
+    from fedgin.config import FaultConfig
+    from fedgin.federation.faults import poison_update
+
+    start = {"w": torch.tensor([1.0, 2.0, 3.0]), "count": torch.tensor(4)}
+    trained = {"w": torch.tensor([1.5, 1.0, 3.0]), "count": torch.tensor(5)}
+    generator = torch.Generator().manual_seed(0)
+    flipped = poison_update(trained, start, FaultConfig(site="a", mode="sign_flip"), generator)
+    assert torch.equal(flipped["w"], torch.tensor([0.5, 3.0, 3.0])) and int(flipped["count"]) == 5
+    scaled = poison_update(trained, start, FaultConfig(site="a", mode="scale", scale=100.0), generator)
+    assert torch.allclose(scaled["w"], torch.tensor([51.0, -98.0, 3.0]))
+    noise = FaultConfig(site="a", mode="random")
+    first = poison_update(trained, start, noise, torch.Generator().manual_seed(1))
+    again = poison_update(trained, start, noise, torch.Generator().manual_seed(1))
+    assert torch.equal(first["w"], again["w"]) and not torch.equal(first["w"], trained["w"])
+    with pytest.raises(ConfigError, match=r"federation\.fault\.site: 'x' is not in federation\.clients"):
+        refused("fedavg", 2, fault={"site": "x", "mode": "scale"})
+
+
+def test_a_federation_with_a_poisoned_site_runs_and_differs_from_the_clean_one(
+    caches: dict[str, Path], tmp_path: Path
+) -> None:
+    from fedgin.checkpoints import load_checkpoint
+
+    clean = fl_config(caches, tmp_path / "clean", rounds=1)
+    poisoned = fl_config(caches, tmp_path / "poisoned", rounds=1, fault={"site": "mri", "mode": "sign_flip"})
+    for config in (clean, poisoned):
+        assert run_federation(config).rounds == 1
+    weights = [load_checkpoint(c.output / "checkpoints" / "last.pt")["model"] for c in (clean, poisoned)]
+    assert all(torch.isfinite(value).all() for value in weights[1].values())
+    assert any(not torch.equal(weights[0][key], weights[1][key]) for key in weights[0])

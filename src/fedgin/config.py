@@ -351,6 +351,16 @@ class ClientSpec(Settings):
     gin: GINConfig | None = Field(None, description="GIN settings of this site; None uses the run's [gin].")
 
 
+class FaultConfig(Settings):
+    """One site of the federation sends poisoned weights (fedgin.federation.faults: tests and studies)."""
+
+    site: str = Field(..., min_length=1, description="The site (a federation.clients name) that misbehaves.")
+    mode: Literal["sign_flip", "scale", "random"] = Field(
+        ..., description="sign_flip: g - u; scale: g + scale u; random: noise of each tensor's mean and std."
+    )
+    scale: float = Field(100.0, description="mode = scale: the factor on the site's update.")
+
+
 class FederationConfig(Settings):
     """Federated training (FedAvg / FedProx with GIN on the clients, SPEC section 2) on Flower."""
 
@@ -391,6 +401,7 @@ class FederationConfig(Settings):
     server_eval: list[DataSpec] = Field(
         default_factory=list, description="Held-out cases evaluated on the global model every round."
     )
+    fault: FaultConfig | None = Field(None, description="Fault injection: one site sends poisoned weights.")
 
     @field_validator("clients")
     @classmethod
@@ -413,6 +424,8 @@ class FederationConfig(Settings):
                 f"federation.min_clients is {self.min_clients} but only {len(self.clients)} clients are "
                 "configured"
             )
+        if self.fault is not None and self.fault.site not in {client.name for client in self.clients}:
+            raise ConfigError(f"federation.fault.site: {self.fault.site!r} is not in federation.clients")
         # A round may aggregate as few as min_clients replies: each rule must hold for that many.
         f = self.num_malicious
         needed = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(self.strategy)

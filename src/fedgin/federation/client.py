@@ -14,9 +14,10 @@ from torch import nn
 from fedgin.config import ClientSpec, DataConfig, RunConfig
 from fedgin.errors import ConfigError
 from fedgin.federation import protocol
+from fedgin.federation.faults import poison_update
 from fedgin.federation.weights import norm_keys, to_record, to_state_dict
 from fedgin.training.data import build_train_slices, build_validation_set
-from fedgin.training.seeding import derive_seed
+from fedgin.training.seeding import derive_seed, torch_generator
 from fedgin.training.trainer import ExtraLoss, LocalTrainer
 
 #: What a ClientApp registers for train messages (fedgin's `train_round`, or a test's wrapper of it).
@@ -152,6 +153,10 @@ def _train(message: Message, context: Context, config: RunConfig, spec: ClientSp
         validation = {f"{protocol.VAL_DICE_PREFIX}{domain}": value for domain, value in scores.items()}
 
     trained = model.state_dict()
+    fault = federation.fault
+    if fault is not None and fault.site == spec.name:
+        generator = torch_generator(config.seed, "fault", spec.name, server_round)
+        trained = poison_update(trained, state, fault, generator)
     if local_keys:
         context.state[protocol.LOCAL_STATE] = to_record(trained, exclude=set(trained) - local_keys)
     reply = RecordDict(
