@@ -23,16 +23,16 @@ server_app = ServerApp()
 def server_main(grid: Grid, context: Context) -> None:
     """Load the run's fedgin config (its path in the app config) and run the rounds as in simulation."""
     from fedgin.federation.server import FederationServer
-    from fedgin.runs import RunDirectory
 
     run_config = dict(context.run_config)
     config = load_toml(str(run_config[protocol.APP_CONFIG_FILE]), RunConfig)
     config.federation.require_clients()
-    run = RunDirectory(config.output, "federated")
-    overwrite = bool(run_config.get(protocol.APP_OVERWRITE))
-    resume_from = run.check(bool(run_config.get(protocol.APP_RESUME)), overwrite)
-    server = FederationServer(config, Console(), resume_from=resume_from)
-    run.start(config, resume_from, overwrite)
+    server = FederationServer.open(
+        config,
+        Console(),
+        resume=bool(run_config.get(protocol.APP_RESUME)),
+        overwrite=bool(run_config.get(protocol.APP_OVERWRITE)),
+    )
     server.main(grid, context)
     server.write_summary(server.seconds, engine="deployment")
 

@@ -183,9 +183,22 @@ class FederationServer:
         #: Set by `interrupt()` (Ctrl-C in the driver): the round in progress is abandoned, not committed.
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
+        self.resumed = resume_from is not None
         #: Why each site was last left out of a round (this process's rounds; names from client errors).
         self.left_out_reasons: dict[str, str] = {}
         self.sites = SiteDirectory(config)
+
+    @classmethod
+    def open(
+        cls, config: RunConfig, console: Console, *, resume: bool, overwrite: bool, **options: object
+    ) -> FederationServer:
+        """The server of a run folder, for either engine: the folder is checked (refuse / resume), the
+        server built (from last.pt when resuming), and only then config.toml written, so a run refused by
+        its folder or its model leaves the folder as it was. `options`: those of `__init__`."""
+        resume_from = RunDirectory(config.output, "federated").check(resume, overwrite)
+        server = cls(config, console, resume_from=resume_from, **options)  # type: ignore[arg-type]
+        server.run.start(config, resume_from, overwrite)
+        return server
 
     def interrupt(self, grace_s: float = 5.0) -> bool:
         """Stop the round loop from another thread; True once the server's thread has ended.

@@ -30,7 +30,6 @@ from fedgin.federation.server import (
     server_validation,
 )
 from fedgin.processes import descendants, start_time
-from fedgin.runs import RunDirectory
 from fedgin.training.data import build_train_slices
 
 #: Seconds a Ctrl-C waits for the server thread to end its round cleanly before it is stopped.
@@ -105,16 +104,13 @@ def run_federation(
     console = console or Console()
     config.federation.require_clients()
     check_sites(config)
-    run = RunDirectory(config.output, "federated")
-    run_dir = run.path
-    resume_from = run.check(resume, overwrite)
-    server = FederationServer(
-        config, console, resume_from=resume_from, stop_after=stop_after, wait_for_all_sites=True
+    server = FederationServer.open(
+        config, console, resume=resume, overwrite=overwrite, stop_after=stop_after, wait_for_all_sites=True
     )
-    run.start(config, resume_from, overwrite)
+    run_dir = server.run_dir
     os.environ.update(flower_env(run_dir / ".flwr"))
 
-    if resume_from is not None:
+    if server.resumed:
         console.print(f"resuming {run_dir} after round {server.round}")
     federation = config.federation
     console.print(
