@@ -47,8 +47,17 @@ def fedgin(*args: object) -> list[str]:
     return [str(Path(sys.executable).parent / "fedgin"), *(str(arg) for arg in args)]
 
 
-def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> None:
-    """The deployment as a user types it: `fedgin certs`, `fedgin deploy superlink|register|supernode|run`."""
+#: The deployment walk-through's federation with DP (clipped on the sites) and SecAgg+ (docs/deployment.md).
+PRIVATE = {
+    "secagg": {},
+    "privacy": {"clip_on": "client", "clipping_norm": 1.0, "noise_multiplier": 0.5, "target_delta": 1e-3},
+}
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["plain", "dp-secagg"])
+def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path, private: bool) -> None:
+    """The deployment as a user types it: `fedgin certs`, `fedgin deploy superlink|register|supernode|run`;
+    once plain, once with DP and SecAgg+."""
     certs = tmp_path / "certs"
     subprocess.run(fedgin("certs", "--out", certs, "--sites", "ct,mix,rogue"), check=True, timeout=60)
     server, logs = tmp_path / "server", tmp_path / "logs"
@@ -71,6 +80,7 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
                 {"name": "ct", "data": [{"cache": "/nonexistent/ct"}]},
                 {"name": "mix", "data": [{"cache": "/nonexistent/ct"}, {"cache": "/nonexistent/t2"}]},
             ],
+            **(PRIVATE if private else {}),
         },
     )
     dump_toml(config, tmp_path / "fl.toml")
@@ -90,7 +100,9 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
             public_key = certs / "supernodes" / f"{site}.pub"
             subprocess.run(fedgin("deploy", "register", public_key, "--site", site, *tls, "--state", server),
                            env=env, check=True, timeout=60, capture_output=True)  # fmt: skip
-        site_caches = {"ct": [caches["ct"]], "mix": [caches["ct"], caches["t2"]], "rogue": [caches["ct"]]}
+        site_caches = {"ct": [caches["ct"]], "mix": [caches["ct"], caches["t2"]]}
+        if not private:  # the unregistered site: once is enough
+            site_caches["rogue"] = [caches["ct"]]
         for site, folders in site_caches.items():
             command = fedgin(
                 "deploy", "supernode", "--site", site, *tls, "--key", certs / "supernodes" / f"{site}.key",
@@ -101,11 +113,13 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
                 *(arg for folder in folders for arg in ("--cache", folder)),
             )  # fmt: skip
             processes.append(start(f"supernode-{site}", command, logs, env, cwd=tmp_path))
-        ct, mix, rogue = processes[1:]
+        ct, mix = processes[1:3]
         wait_for(lambda: "SuperNode ID" in ct.text() and "SuperNode ID" in mix.text(), 60, "the SuperNodes")
-        wait_for(lambda: not rogue.alive(), 60, "the unregistered SuperNode to be refused")
-        assert "Failed to activate SuperNode" in rogue.text()
-        assert "SuperNode ID" not in rogue.text()
+        if not private:
+            rogue = processes[3]
+            wait_for(lambda: not rogue.alive(), 60, "the unregistered SuperNode to be refused")
+            assert "Failed to activate SuperNode" in rogue.text()
+            assert "SuperNode ID" not in rogue.text()
 
         submitted = subprocess.run(
             fedgin("deploy", "run", "--config", tmp_path / "fl.toml", *tls, "--state", server,
@@ -121,6 +135,9 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path) -> Non
             (row,) = list(csv.DictReader(handle))
         # each site trained on the slices of its own caches (the t2 fixture's train split has 24 slices)
         assert row["clients"] == "2" and int(row["examples_mix"]) == int(row["examples_ct"]) + 24
+        if private:
+            assert float(row["epsilon"]) > 0 and json.loads(summary.read_text())["privacy"]["epsilon"] > 0
+            assert row["secagg_mean_only"] == "True"  # the server got the unmasked mean, no single update
     finally:
         stop_all(processes)
     for process in processes:

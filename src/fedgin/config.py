@@ -355,10 +355,76 @@ class FaultConfig(Settings):
     """One site of the federation sends poisoned weights (fedgin.federation.faults: tests and studies)."""
 
     site: str = Field(..., min_length=1, description="The site (a federation.clients name) that misbehaves.")
-    mode: Literal["sign_flip", "scale", "random"] = Field(
-        ..., description="sign_flip: g - u; scale: g + scale u; random: noise of each tensor's mean and std."
+    mode: Literal["sign_flip", "scale", "random", "shuffled_labels"] = Field(
+        ...,
+        description=(
+            "sign_flip: g - u; scale: g + scale u; random: noise of each tensor's mean and std; "
+            "shuffled_labels: trains on its images paired with other slices' labels (2D models)."
+        ),
     )
     scale: float = Field(100.0, description="mode = scale: the factor on the site's update.")
+
+
+class PrivacySettings(Settings):
+    """Client-level differential privacy of the global model (fedgin.federation.privacy, Flower's DP
+    wrappers): each site's update is clipped to an L2 norm, Gaussian noise is added to their mean."""
+
+    clipping: Literal["none", "fixed", "adaptive"] = Field(
+        "fixed",
+        description=(
+            "fixed: clip every update to clipping_norm; adaptive: the norm follows the target quantile of "
+            "the updates' norms (Andrew et al. 2021); none is refused (noise needs a bound on an update)."
+        ),
+    )
+    clip_on: Literal["server", "client"] = Field(
+        "server", description="Where updates are clipped: server (trusted server) or client (each site)."
+    )
+    clipping_norm: float | None = Field(
+        None, gt=0.0, description="fixed: the L2 norm of an update's clip; adaptive: the initial norm."
+    )
+    noise_multiplier: float = Field(
+        ..., ge=0.0, description="z: the noise's standard deviation is z * clipping_norm / sites."
+    )
+    target_delta: float = Field(1e-5, gt=0.0, lt=1.0, description="The delta epsilon is reported at.")
+    target_epsilon: float | None = Field(
+        None, gt=0.0, description="Refuse a run whose planned rounds would spend more than this epsilon."
+    )
+    target_quantile: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="adaptive: the quantile of update norms the clipping norm tracks (share unclipped).",
+    )
+    clip_lr: float = Field(0.2, gt=0.0, description="adaptive: the geometric step of the clipping norm.")
+    clipped_count_stddev: float | None = Field(
+        None, ge=0.0, description="adaptive: noise on the clipped count (None: sites / 20, Flower's default)."
+    )
+
+
+class SecAggSettings(Settings):
+    """Secure aggregation (SecAgg+, Bell et al. 2020, Flower's SecAggPlusWorkflow): the server learns only
+    the weighted mean of the sites' updates (fedgin.federation.secure_aggregation)."""
+
+    num_shares: int | float = Field(
+        1.0, gt=0, description="Shares each site's secrets are split into: an int (> 2) or a share of sites."
+    )
+    reconstruction_threshold: int | float = Field(
+        0.5,
+        gt=0,
+        description="Shares needed to unmask: an int (< num_shares) or a share of num_shares (at least 2).",
+    )
+    clipping_range: float = Field(
+        1.0, gt=0.0, description="Each weighted update value is clipped to +-this before quantization."
+    )
+    quantization_range: int = Field(2**24, gt=0, description="Integer levels over the clipping range.")
+    max_weight: float = Field(
+        1000.0,
+        gt=0.0,
+        description=(
+            "A site's weight (its training slices) is divided by this before clipping: at least the "
+            "largest site's slices, not far above them (precision). Under DP every site weighs 1: 1 is used."
+        ),
+    )
 
 
 class FederationConfig(Settings):
@@ -369,9 +435,23 @@ class FederationConfig(Settings):
         None, ge=1, description="Optimizer steps per client and round; None: local_epochs epochs."
     )
     local_epochs: int = Field(1, ge=1, description="Local epochs per round when local_steps is None.")
-    strategy: Literal["fedavg", "fedprox", "median", "trimmed_mean", "krum", "multikrum", "bulyan"] = Field(
+    strategy: Literal[
         "fedavg",
-        description="How the server combines the sites' weights (federation/robust.py: the robust ones).",
+        "fedprox",
+        "median",
+        "trimmed_mean",
+        "krum",
+        "multikrum",
+        "bulyan",
+        "fedadam",
+        "fedyogi",
+        "fedavgm",
+    ] = Field(
+        "fedavg",
+        description=(
+            "How the server combines the sites' weights (federation/robust.py: the robust rules; "
+            "federation/server_optimizers.py: fedadam, fedyogi, fedavgm)."
+        ),
     )
     proximal_mu: float = Field(0.01, ge=0.0, description="FedProx: weight of mu/2 ||w - w_global||^2.")
     trim_beta: float = Field(
@@ -382,6 +462,21 @@ class FederationConfig(Settings):
     )
     multikrum_select: int = Field(
         1, ge=1, description="multikrum: how many of the best-scored updates are averaged."
+    )
+    server_lr: float | None = Field(
+        None,
+        gt=0.0,
+        description=(
+            "fedadam, fedyogi, fedavgm: the server's step size on the averaged update (None: Flower's "
+            "default, 0.1 for fedadam, 0.01 for fedyogi, 1.0 for fedavgm)."
+        ),
+    )
+    server_momentum: float = Field(
+        0.9, ge=0.0, lt=1.0, description="fedavgm: momentum; fedadam, fedyogi: beta_1 (first moment)."
+    )
+    server_beta2: float = Field(0.99, ge=0.0, lt=1.0, description="fedadam, fedyogi: second-moment decay.")
+    server_tau: float = Field(
+        1e-3, gt=0.0, description="fedadam, fedyogi: the adaptivity tau added to sqrt(v) (Reddi et al.)."
     )
     fedbn: bool = Field(False, description="Normalisation-layer weights stay on the sites (FedBN).")
     min_clients: int = Field(2, ge=1, description="A round needs at least this many valid replies.")
@@ -402,6 +497,12 @@ class FederationConfig(Settings):
         default_factory=list, description="Held-out cases evaluated on the global model every round."
     )
     fault: FaultConfig | None = Field(None, description="Fault injection: one site sends poisoned weights.")
+    privacy: PrivacySettings | None = Field(
+        None, description="Differential privacy: clipping, noise and the epsilon spent per round."
+    )
+    secagg: SecAggSettings | None = Field(
+        None, description="Secure aggregation (SecAgg+): the server sees only the sum of the updates."
+    )
 
     @field_validator("clients")
     @classmethod
@@ -426,9 +527,11 @@ class FederationConfig(Settings):
             )
         if self.fault is not None and self.fault.site not in {client.name for client in self.clients}:
             raise ConfigError(f"federation.fault.site: {self.fault.site!r} is not in federation.clients")
-        # A round may aggregate as few as min_clients replies: each rule must hold for that many.
+        # A round may aggregate as few as min_clients replies: each rule must be defined for that many.
+        # Krum scores an update by its n - f - 2 nearest others (at least one); Bulyan's trimmed mean
+        # needs n >= 4f + 3 (Flower refuses fewer replies).
         f = self.num_malicious
-        needed = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(self.strategy)
+        needed = {"krum": f + 3, "multikrum": f + 3, "bulyan": 4 * f + 3}.get(self.strategy)
         if needed is not None and self.min_clients < needed:
             raise ConfigError(
                 f"federation.strategy {self.strategy} with num_malicious = {f} needs at least {needed} "
@@ -440,6 +543,27 @@ class FederationConfig(Settings):
                 f"federation.multikrum_select is {self.multikrum_select}, more than the "
                 f"min_clients - num_malicious = {self.min_clients - f} updates a round is sure to have"
             )
+
+        if self.privacy is not None:
+            from fedgin.federation.privacy import check_privacy
+
+            check_privacy(self)
+        if self.secagg is not None:
+            from fedgin.federation.secure_aggregation import check_secagg
+
+            check_secagg(self)
+
+    def caveats(self) -> list[str]:
+        """Settings that run but lose a guarantee: printed once where a federation starts."""
+        notes = []
+        f = self.num_malicious
+        if self.strategy in {"krum", "multikrum"} and self.min_clients < 2 * f + 3:
+            notes.append(
+                f"{self.strategy} with num_malicious = {f} and min_clients = {self.min_clients}: Krum's "
+                f"guarantee (Blanchard et al. 2017) needs n >= 2f + 3 = {2 * f + 3} replies; with fewer, "
+                "an update is scored by fewer neighbours than there may be bad sites"
+            )
+        return notes
 
 
 class RunConfig(Settings):

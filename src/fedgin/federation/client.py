@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -14,8 +15,18 @@ from torch import nn
 from fedgin.config import ClientSpec, DataConfig, RunConfig
 from fedgin.errors import ConfigError
 from fedgin.federation import protocol
-from fedgin.federation.faults import poison_update
+from fedgin.federation.faults import poison_update, shuffle_labels
+from fedgin.federation.privacy import clip_on_site
+from fedgin.federation.secure_aggregation import (
+    is_secure,
+    name_arrays,
+    plain_content,
+    secagg_mod,
+    secure_reply,
+    unit_weight,
+)
 from fedgin.federation.weights import norm_keys, to_record, to_state_dict
+from fedgin.model import build_unet
 from fedgin.training.data import build_train_slices, build_validation_set
 from fedgin.training.seeding import derive_seed, torch_generator
 from fedgin.training.trainer import ExtraLoss, LocalTrainer
@@ -50,9 +61,14 @@ def site_settings(message: Message, context: Context) -> tuple[RunConfig, Client
 
     The site's local caches (node config `cache`) are applied once, when the spec arrives.
     """
+    return settings_from(message.content, context, message.metadata.dst_node_id)
+
+
+def settings_from(content: RecordDict, context: Context, node: int) -> tuple[RunConfig, ClientSpec]:
+    """`site_settings` of a train message's content (a plain one, or a SecAgg+ one made plain)."""
     state = context.state
-    if protocol.SETTINGS in message.content.config_records:
-        received = message.content[protocol.SETTINGS]
+    if protocol.SETTINGS in content.config_records:
+        received = content[protocol.SETTINGS]
         config = RunConfig.model_validate_json(str(received[protocol.RUN_SETTINGS]))
         spec = local_caches(
             ClientSpec.model_validate_json(str(received[protocol.SITE_SPEC])), context.node_config
@@ -65,7 +81,6 @@ def site_settings(message: Message, context: Context) -> tuple[RunConfig, Client
         )
         return config, spec
     if protocol.SITE_STATE not in state.config_records:
-        node = message.metadata.dst_node_id
         raise ConfigError(
             f"node {node} holds no run settings (they come with its first train message; the server sends "
             "them again next round)"
@@ -112,29 +127,54 @@ def train_round(message: Message, context: Context) -> Message:
     authors' code), which also keeps clients stateless apart from the run's settings and FedBN's local
     normalisation weights in the node's Context.
     """
+    if is_secure(message):
+        return train_securely(message, context)
     config, spec = site_settings(message, context)
     return train_site(message, context, config, spec)
 
 
+def train_securely(message: Message, context: Context) -> Message:
+    """A SecAgg+ round (fedgin.federation.secure_aggregation): the same training, the update sent masked
+    by Flower's secaggplus_mod (which calls this in its stage of the protocol)."""
+    content = plain_content(message)
+    config, spec = settings_from(content, context, message.metadata.dst_node_id)
+    keys = list(build_unet(config.model).state_dict())
+    content[protocol.ARRAYS] = name_arrays(content[protocol.ARRAYS], keys)
+    start = {
+        key: torch.from_numpy(np.array(array.numpy())) for key, array in content[protocol.ARRAYS].items()
+    }
+    reply = site_round(content, context, config, spec)
+    return secure_reply(message, reply, start, unit_weight(reply[protocol.METRICS]))
+
+
 def train_site(message: Message, context: Context, config: RunConfig, spec: ClientSpec) -> Message:
     """One round of `spec`'s local training; an error names the site (the server logs the reason)."""
+    return Message(content=site_round(message.content, context, config, spec), reply_to=message)
+
+
+def site_round(content: RecordDict, context: Context, config: RunConfig, spec: ClientSpec) -> RecordDict:
+    """The reply content of one round of local training on a train message's content."""
     try:
-        return _train(message, context, config, spec)
+        return _train(content, context, config, spec)
     except Exception as error:
         raise RuntimeError(f"client {spec.name}: {type(error).__name__}: {error}") from error
 
 
-def _train(message: Message, context: Context, config: RunConfig, spec: ClientSpec) -> Message:
-    settings = message.content[protocol.CONFIG]
+def _train(content: RecordDict, context: Context, config: RunConfig, spec: ClientSpec) -> RecordDict:
+    settings = content[protocol.CONFIG]
     federation = config.federation
     server_round = int(settings[protocol.SERVER_ROUND])
     local = client_run_config(config, spec, server_round)
 
     train_set = build_train_slices(local)
+    fault = federation.fault
+    poisoned = fault is not None and fault.site == spec.name
+    if poisoned and fault.mode == "shuffled_labels":
+        train_set = shuffle_labels(train_set, torch_generator(config.seed, "fault", spec.name, server_round))
     trainer = LocalTrainer(local, train_set, lr=float(settings.get(protocol.LR, config.train.lr)))
     model = trainer.model
     reference = model.state_dict()
-    state = to_state_dict(message.content[protocol.ARRAYS], reference)
+    state = to_state_dict(content[protocol.ARRAYS], reference)
     local_keys = norm_keys(model) if federation.fedbn else set()
     if local_keys and protocol.LOCAL_STATE in context.state.array_records:
         state.update(to_state_dict(context.state[protocol.LOCAL_STATE], reference))
@@ -153,10 +193,16 @@ def _train(message: Message, context: Context, config: RunConfig, spec: ClientSp
         validation = {f"{protocol.VAL_DICE_PREFIX}{domain}": value for domain, value in scores.items()}
 
     trained = model.state_dict()
-    fault = federation.fault
-    if fault is not None and fault.site == spec.name:
+    if poisoned:
         generator = torch_generator(config.seed, "fault", spec.name, server_round)
         trained = poison_update(trained, state, fault, generator)
+    privacy_metrics: dict[str, float] = {}
+    privacy = federation.privacy
+    if privacy is not None:
+        privacy_metrics[protocol.UNIT_WEIGHT] = 1.0
+        if privacy.clip_on == "client":  # after any fault: a site clips what it sends
+            trained, bit = clip_on_site(trained, state, settings, adaptive=privacy.clipping == "adaptive")
+            privacy_metrics.update(bit)
     if local_keys:
         context.state[protocol.LOCAL_STATE] = to_record(trained, exclude=set(trained) - local_keys)
     reply = RecordDict(
@@ -168,12 +214,13 @@ def _train(message: Message, context: Context, config: RunConfig, spec: ClientSp
                     protocol.TRAIN_LOSS: stats.mean_loss,
                     protocol.STEPS: stats.steps,
                     protocol.SECONDS: stats.seconds,
+                    **privacy_metrics,
                 }
             ),
             protocol.SITE: ConfigRecord({protocol.SITE_NAME: spec.name, **validation}),
         }
     )
-    return Message(content=reply, reply_to=message)
+    return reply
 
 
 def identify(message: Message, context: Context) -> Message:
@@ -186,7 +233,8 @@ def build_client_app(train: TrainFunction = train_round) -> ClientApp:
     """A ClientApp answering fedgin's query and train messages (`train`: a test's wrapper of train_round)."""
     app = ClientApp()
     app.query()(identify)
-    app.train()(train)
+    # Flower's SecAgg+ mod on SecAgg+ rounds only (federation.secagg); plain rounds pass it untouched.
+    app.train(mods=[secagg_mod])(train)
     return app
 
 
@@ -199,7 +247,10 @@ __all__ = [
     "client_run_config",
     "identify",
     "local_caches",
+    "settings_from",
+    "site_round",
     "site_settings",
     "train_round",
+    "train_securely",
     "train_site",
 ]

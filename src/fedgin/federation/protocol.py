@@ -13,9 +13,12 @@ Once per node and server process (a resumed server is a new process: it starts a
 
 Every round (train message): the global weights (ArrayRecord ARRAYS, in `federation.update_dtype`) and a
 CONFIG ConfigRecord with Flower's SERVER_ROUND, the round's learning rate LR (the server runs the schedule
-over rounds) and, with FedProx, Flower's PROXIMAL_MU. The reply: the trained weights (ARRAYS, without
+over rounds) and, with FedProx, Flower's PROXIMAL_MU; with client-side DP clipping, Flower's CLIPPING_NORM.
+The reply: the trained weights (ARRAYS, without
 FedBN's local keys), a METRICS MetricRecord (NUM_EXAMPLES, TRAIN_LOSS, STEPS, SECONDS) and a SITE
-ConfigRecord (SITE_NAME and the site's validation Dice per domain, VAL_DICE_PREFIX + domain). No image,
+ConfigRecord (SITE_NAME and the site's validation Dice per domain, VAL_DICE_PREFIX + domain); under DP
+the METRICS also hold UNIT_WEIGHT (1, the weight of every site) and, with client-side adaptive clipping,
+NORM_BIT (whether the site's update was clipped). No image,
 label or path leaves a site, and no site learns another site's data specification.
 """
 
@@ -46,6 +49,8 @@ SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 #: The round's learning rate; absent: train.lr, constant.
 LR = "lr"
+#: Written by Flower's client-side DP wrappers: the L2 norm a site clips its update to.
+CLIPPING_NORM = "clipping_norm"
 
 # -- keys of the SETTINGS record (and of the node's SITE_STATE record) ----------------------------------
 RUN_SETTINGS = "run-config"
@@ -57,6 +62,11 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 STEPS = "steps"
 SECONDS = "seconds"
+#: Under DP, FedAvg's weight instead of NUM_EXAMPLES: 1 for every site (equal weights bound a site's
+#: influence on the mean by clipping_norm / sites).
+UNIT_WEIGHT = "dp-unit-weight"
+#: Flower's client-side adaptive clipping: 1.0 when the site's update was clipped.
+NORM_BIT = "norm_bit"
 
 # -- keys of the SITE record -----------------------------------------------------------------------------
 SITE_NAME = "name"

@@ -14,7 +14,7 @@ from flwr.serverapp import Grid
 
 from fedgin.errors import FedginError
 from fedgin.federation import protocol
-from fedgin.federation.weights import content_bytes, screen, to_float32
+from fedgin.federation.weights import content_bytes, screen, to_float32, update_norm
 
 logger = logging.getLogger("fedgin.federation")
 
@@ -46,6 +46,8 @@ class ClientReport:
     #: The site's validation Dice per domain (its ConfigRecord: sites differ in domains, and Flower's
     #: FedAvg requires the same MetricRecord keys from every site).
     validation: dict[str, float] = field(default_factory=dict)
+    #: L2 norm of the site's change of the global weights (before any DP clipping).
+    update_norm: float = float("nan")
 
 
 class ScreeningMixin:
@@ -145,10 +147,12 @@ class ScreeningMixin:
                     for key, value in site.items()
                     if key.startswith(protocol.VAL_DICE_PREFIX)
                 }
-            reports.append(ClientReport(node, name, not reason, reason, metrics, up, validation))
+            report = ClientReport(node, name, not reason, reason, metrics, up, validation)
+            reports.append(report)
             if not reason:
                 # float16 updates (federation.update_dtype) are averaged in float32, after counting bytes_up.
                 content[self.arrayrecord_key] = to_float32(content[self.arrayrecord_key])
+                report.update_norm = update_norm(content[self.arrayrecord_key], to_float32(self.reference))
                 accepted.append((name, message))
         for node in sorted(self.sent - replied):
             name = self.node_names.get(node, f"node-{node}")

@@ -14,14 +14,23 @@ from pathlib import Path
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_stdv
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedgin.config import ClientSpec, DataConfig, RunConfig
+from fedgin.config import ClientSpec, DataConfig, FederationConfig, RunConfig
 from fedgin.errors import ConfigError
 from fedgin.federation import protocol
 from fedgin.federation.fedavg import ScreenedFedAvg
 from fedgin.federation.fedprox import ScreenedFedProx
+from fedgin.federation.privacy import (
+    UNIT_WEIGHT,
+    PrivacyLedger,
+    PrivacyMixin,
+    build_private_strategy,
+    seeded_numpy,
+)
 from fedgin.federation.robust import (
     ScreenedBulyan,
     ScreenedFedMedian,
@@ -29,7 +38,14 @@ from fedgin.federation.robust import (
     ScreenedKrum,
     ScreenedMultiKrum,
 )
-from fedgin.federation.screening import FederationError, ScreeningMixin, short_reason
+from fedgin.federation.screening import ClientReport, FederationError, ScreeningMixin, short_reason
+from fedgin.federation.secure_aggregation import SecureAggregation, SecureRound
+from fedgin.federation.server_optimizers import (
+    ScreenedFedAdam,
+    ScreenedFedAvgM,
+    ScreenedFedYogi,
+    ServerOptimizerMixin,
+)
 from fedgin.federation.weights import content_bytes, norm_keys, to_record, to_state_dict
 from fedgin.model import build_unet, resolve_device_and_amp
 from fedgin.runs import Best, RunDirectory
@@ -73,7 +89,7 @@ def build_strategy(
     """
     federation = config.federation
     available = len(federation.clients) if wait_for_all_sites else federation.min_clients
-    common = {
+    flower = {
         "fraction_train": federation.fraction_train,
         "fraction_evaluate": 0.0,  # the global model is evaluated on the server, not on the clients
         "min_train_nodes": federation.min_clients,
@@ -81,9 +97,17 @@ def build_strategy(
         "weighted_by_key": protocol.NUM_EXAMPLES,
         "arrayrecord_key": protocol.ARRAYS,
         "configrecord_key": protocol.CONFIG,
-        "local_keys": local_keys,
-        "node_timeout_s": min(NODE_TIMEOUT_S, federation.round_timeout_s),
     }
+    screening = {"local_keys": local_keys, "node_timeout_s": min(NODE_TIMEOUT_S, federation.round_timeout_s)}
+    if federation.privacy is not None:
+        equal = {**flower, "weighted_by_key": UNIT_WEIGHT}
+        inner = (
+            FedProx(proximal_mu=federation.proximal_mu, **equal)
+            if federation.strategy == "fedprox"
+            else FedAvg(**equal)
+        )
+        return build_private_strategy(federation, inner, screening, seed=config.seed)
+    common = {**flower, **screening}
     strategies: dict[str, Callable[[], ScreeningMixin]] = {
         "fedavg": lambda: ScreenedFedAvg(**common),
         "fedprox": lambda: ScreenedFedProx(proximal_mu=federation.proximal_mu, **common),
@@ -96,8 +120,26 @@ def build_strategy(
             **common,
         ),
         "bulyan": lambda: ScreenedBulyan(num_malicious_nodes=federation.num_malicious, **common),
+        "fedadam": lambda: ScreenedFedAdam(**server_optimizer(federation, 0.1), **common),
+        "fedyogi": lambda: ScreenedFedYogi(**server_optimizer(federation, 0.01), **common),
+        "fedavgm": lambda: ScreenedFedAvgM(
+            server_learning_rate=federation.server_lr or 1.0,
+            server_momentum=federation.server_momentum,
+            **common,
+        ),
     }
     return strategies[federation.strategy]()
+
+
+def server_optimizer(federation: FederationConfig, default_lr: float) -> dict[str, float]:
+    """FedAdam's and FedYogi's settings (eta_l, the sites' rate in Flower's signature, is unused: fedgin's
+    sites train at the schedule's rate the server sends)."""
+    return {
+        "eta": federation.server_lr or default_lr,
+        "beta_1": federation.server_momentum,
+        "beta_2": federation.server_beta2,
+        "tau": federation.server_tau,
+    }
 
 
 class SiteDirectory:
@@ -173,10 +215,22 @@ class FederationServer:
         self.round = 0
         self.history: list[dict] = []
         self.best = Best()
+        #: The server optimizer's state (fedadam, fedyogi, fedavgm) and the DP clipping norm, from last.pt
+        #: when resuming.
+        self.optimizer_state: dict = {}
+        self.privacy_state: dict = {}
+        self.strategy: ScreeningMixin | None = None
+        privacy = config.federation.privacy
+        #: The epsilon spent (federation.privacy): one Gaussian release per committed round.
+        self.ledger = PrivacyLedger(privacy, len(config.federation.clients)) if privacy else None
         if resume_from is not None:
             resumed = self.run.read_checkpoint(resume_from)
             self.state = dict(resumed.payload["model"])
             self.round, self.history, self.best = resumed.progress, resumed.history, resumed.best
+            self.optimizer_state = dict(resumed.payload.get("server_optimizer", {}))
+            self.privacy_state = dict(resumed.payload.get("privacy", {}))
+            if self.ledger is not None:
+                self.ledger.compose(self.round)
         self.seconds = 0.0
         #: Seconds of this process's round loop (the rest of a run's time is the engine's start and stop).
         self.rounds_seconds = 0.0
@@ -187,6 +241,10 @@ class FederationServer:
         #: Why each site was last left out of a round (this process's rounds; names from client errors).
         self.left_out_reasons: dict[str, str] = {}
         self.sites = SiteDirectory(config)
+        #: federation.secagg: the SecAgg+ workflow (made in `main`, where the ServerApp's context is), and
+        #: what each of its rounds handed the server.
+        self.secure: SecureAggregation | None = None
+        self.secure_rounds: list[SecureRound] = []
 
     @classmethod
     def open(
@@ -198,6 +256,8 @@ class FederationServer:
         resume_from = RunDirectory(config.output, "federated").check(resume, overwrite)
         server = cls(config, console, resume_from=resume_from, **options)  # type: ignore[arg-type]
         server.run.start(config, resume_from, overwrite)
+        for caveat in config.federation.caveats():
+            console.print(f"[yellow]warning:[/] {caveat}")
         return server
 
     def interrupt(self, grace_s: float = 5.0) -> bool:
@@ -307,10 +367,17 @@ class FederationServer:
             seconds=round(seconds, 3),
             rounds_seconds=round(self.rounds_seconds, 3),
             engine=engine,
+            **({"privacy": self.ledger.summary()} if self.ledger is not None else {}),
         )
 
     def save(self, name: str) -> None:
-        """A fedgin checkpoint (loadable by `fedgin evaluate --checkpoint`) of the global model."""
+        """A fedgin checkpoint (loadable by `fedgin evaluate --checkpoint`) of the global model, with the
+        server optimizer's state, so that a resumed federation continues it exactly."""
+        extra: dict = {}
+        if isinstance(self.strategy, ServerOptimizerMixin):
+            extra["server_optimizer"] = self.strategy.optimizer_state()
+        if isinstance(self.strategy, PrivacyMixin):
+            extra["privacy"] = self.strategy.privacy_state()
         self.run.save_checkpoint(
             name,
             model=self.state,
@@ -318,6 +385,7 @@ class FederationServer:
             progress=self.round,
             history=self.history,
             best=self.best,
+            **extra,
         )
 
     def main(self, grid: Grid, context: Context) -> None:
@@ -327,6 +395,13 @@ class FederationServer:
         started = time.perf_counter()
         local_keys = norm_keys(self.model) if federation.fedbn else set()
         strategy = build_strategy(config, local_keys, wait_for_all_sites=self.wait_for_all_sites)
+        if isinstance(strategy, ServerOptimizerMixin):
+            strategy.load_optimizer_state(self.optimizer_state)
+        if isinstance(strategy, PrivacyMixin):
+            strategy.load_privacy_state(self.privacy_state)
+        self.strategy = strategy
+        if federation.secagg is not None:
+            self.secure = SecureAggregation(federation, context, timeout_s=federation.round_timeout_s)
         validation = server_validation(config)
         last = federation.rounds if self.stop_after is None else min(federation.rounds, self.stop_after)
         with Progress(
@@ -381,6 +456,31 @@ class FederationServer:
             addressed.append(message)
         return addressed
 
+    def secure_round(
+        self, grid: Grid, strategy: ScreeningMixin, messages: list[Message], server_round: int
+    ) -> tuple[dict[str, torch.Tensor] | None, list[ClientReport]]:
+        """The round's training under SecAgg+: the global model plus the mean update (with DP's noise,
+        federation.privacy with client-side clipping), or None when too few sites took part."""
+        assert self.secure is not None
+        shared = [key for key in self.state if key not in strategy.local_keys]
+        names = {node: spec.name for node, spec in self.sites.specs.items()}
+        result = self.secure.run(grid, server_round, messages, self.state, shared, names)
+        self.secure_rounds.append(result)
+        accepted = sum(report.accepted for report in result.reports)
+        if result.mean_update is None or accepted < self.config.federation.min_clients:
+            return None, result.reports
+        mean = result.mean_update
+        if isinstance(strategy, PrivacyMixin):  # the sites clipped; the noise goes on the mean
+            stdv = compute_stdv(
+                strategy.noise_multiplier, strategy.clipping_norm, strategy.num_sampled_clients
+            )
+            with seeded_numpy(derive_seed(self.config.seed, "dp-noise", server_round)):
+                add_gaussian_noise_inplace(list(mean.values()), stdv)
+        state = dict(self.state)
+        for key, update in mean.items():
+            state[key] = (state[key].double() + torch.from_numpy(update).double()).to(state[key].dtype)
+        return state, result.reports
+
     def run_round(
         self, grid: Grid, strategy: ScreeningMixin, validation: ValidationSet, server_round: int
     ) -> dict:
@@ -395,25 +495,32 @@ class FederationServer:
             grid, strategy, strategy.configure_train(server_round, arrays, round_settings, grid)
         )
         bytes_down = sum(content_bytes(message.content) for message in messages)
-        replies = self.exchange(grid, messages, timeout=self.config.federation.round_timeout_s)
-        aggregated, _ = strategy.aggregate_train(server_round, replies)
-        reports = strategy.reports
+        clipping_norm = getattr(strategy, "clipping_norm", None)  # DP: the norm of this round's clip
+        new_state: dict[str, torch.Tensor] | None = None
+        if self.secure is not None:
+            new_state, reports = self.secure_round(grid, strategy, messages, server_round)
+        else:
+            replies = self.exchange(grid, messages, timeout=self.config.federation.round_timeout_s)
+            aggregated, _ = strategy.aggregate_train(server_round, replies)
+            reports = strategy.reports
+            if aggregated is not None:
+                new_state = {**self.state, **to_state_dict(aggregated, reference)}
         for report in reports:  # its state may be gone (a restarted SuperNode): the settings go again
             if not report.accepted:
                 self.sites.settled.discard(report.node_id)
         rejected = {self._site_name(r.name, r.reason): r.reason for r in reports if not r.accepted}
         self.left_out_reasons.update(rejected)
         left_out = "; ".join(f"{name}: {reason}" for name, reason in rejected.items())
-        if aggregated is None:
+        if new_state is None:
             raise FederationError(
                 f"round {server_round}: fewer than {self.config.federation.min_clients} valid client replies"
                 + (f" ({left_out})" if left_out else "")
                 + "; the last completed round is kept in checkpoints/last.pt (continue with --resume)"
             )
-        state = dict(self.state)
-        state.update(to_state_dict(aggregated, reference))
-        self.state = state
+        self.state = new_state
         self.round = server_round
+        if self.ledger is not None:
+            self.ledger.compose()
 
         accepted = [r for r in reports if r.accepted]
         examples = sum(r.metrics[protocol.NUM_EXAMPLES] for r in accepted)
@@ -433,6 +540,7 @@ class FederationServer:
             row[f"loss_{report.name}"] = round(metrics[protocol.TRAIN_LOSS], 5)
             row[f"examples_{report.name}"] = int(metrics[protocol.NUM_EXAMPLES])
             row[f"train_seconds_{report.name}"] = round(float(metrics.get(protocol.SECONDS, math.nan)), 3)
+            row[f"update_norm_{report.name}"] = float(f"{report.update_norm:.5g}")
             for domain, value in report.validation.items():  # the site's own validation cases
                 row[f"site_val_{report.name}_{domain}"] = round(value, 5)
         if validation.cases:
@@ -444,6 +552,11 @@ class FederationServer:
         else:  # without evaluation cases the best model is the one with the lowest training loss
             score = -row["train_loss"]
         row["val_score"] = round(score, 5)
+        if self.ledger is not None:
+            row["epsilon"] = float(f"{self.ledger.epsilon:.6g}")
+            row["dp_clipping_norm"] = float(f"{clipping_norm:.6g}")
+        if self.secure is not None:  # what the SecAgg+ workflow handed over: only the unmasked mean
+            row["secagg_mean_only"] = self.secure_rounds[-1].only_the_mean
         row["bytes_down"] = bytes_down
         row["bytes_up"] = sum(r.bytes_up for r in reports)
         row["seconds"] = round(time.perf_counter() - started, 3)

@@ -104,6 +104,19 @@ def screen(update: ArrayRecord, reference: ArrayRecord, expected_keys: set[str])
     return None
 
 
+def update_norm(update: ArrayRecord, reference: ArrayRecord) -> float:
+    """L2 norm of update - reference over the floating-point arrays (the size of a site's step: what DP
+    clipping bounds and what a poisoned site inflates)."""
+    total = 0.0
+    for key in update:
+        values = update[key].numpy()
+        if values.dtype.kind == "f":
+            total += float(
+                np.square(values.astype(np.float64) - reference[key].numpy().astype(np.float64)).sum()
+            )
+    return float(np.sqrt(total))
+
+
 def content_bytes(content: RecordDict) -> int:
     """Payload bytes of a message's records (arrays, metrics, config), as Flower counts them."""
     return sum(record.count_bytes() for record in content.values())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -426,6 +427,28 @@ def budget_table(runs: Sequence[PlannedRun], config: StudyConfig) -> str:
     )
 
 
+def privacy_table(runs: Sequence[PlannedRun]) -> str:
+    """The epsilon each federated run spent (its summary.json, federation.privacy), one row per run."""
+    body = []
+    for run in runs:
+        summary = run.run_dir / "summary.json"
+        privacy = json.loads(summary.read_text()).get("privacy") if summary.is_file() else None
+        if privacy:
+            body.append(
+                [
+                    run.label,
+                    str(run.seed),
+                    f"{privacy['epsilon']:.4g}",
+                    f"{privacy['delta']:g}",
+                    f"{privacy['noise_multiplier']:g}",
+                    f"{privacy['clipping']} on the {privacy['clip_on']}",
+                    str(privacy["rounds_accounted"]),
+                ]
+            )
+    header = ["method", "seed", "epsilon", "delta", "noise multiplier", "clipping", "rounds"]
+    return markdown_table(header, body) if body else ""
+
+
 def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
     """report.md, results.csv and the figures in the study folder."""
     out = config.output
@@ -454,6 +477,13 @@ def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
         "## Methods and budget\n",
         budget_table(runs, config),
     ]
+    if fed.privacy is not None and (table := privacy_table(runs)):
+        text += [
+            "## Differential privacy of the federated runs\n",
+            "Client-level (one site added or removed), RDP accountant, no sampling amplification; every "
+            "federated method's global model after its last round (fedgin.federation.privacy).\n",
+            table,
+        ]
     if config.scenario == "limited":
         text += ["## MRI test Dice against the MRI:CT ratio (mean over organs)\n"]
         labels = dict.fromkeys(label for point in points for label in _labels(runs, point))
