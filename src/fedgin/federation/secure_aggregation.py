@@ -83,6 +83,10 @@ def check_secagg(federation: FederationConfig) -> None:
         )
     if sites < 2:
         raise ConfigError(f"{prefix}: SecAgg+ needs at least 2 sites, there is {sites}")
+    if isinstance(secagg.num_shares, float) and secagg.num_shares > 1:
+        raise ConfigError(
+            f"{prefix}.num_shares: a share of the sites must be at most 1, got {secagg.num_shares}"
+        )
     shares = _num_shares(secagg.num_shares, sites)
     if isinstance(secagg.num_shares, int) and not isinstance(secagg.num_shares, bool):
         if 1 < secagg.num_shares <= 2:

@@ -39,7 +39,7 @@ from fedgin.federation.robust import (
     ScreenedMultiKrum,
 )
 from fedgin.federation.screening import ClientReport, FederationError, ScreeningMixin, short_reason
-from fedgin.federation.secure_aggregation import SecureAggregation, SecureRound
+from fedgin.federation.secure_aggregation import SecureAggregation
 from fedgin.federation.server_optimizers import (
     ScreenedFedAdam,
     ScreenedFedAvgM,
@@ -242,9 +242,9 @@ class FederationServer:
         self.left_out_reasons: dict[str, str] = {}
         self.sites = SiteDirectory(config)
         #: federation.secagg: the SecAgg+ workflow (made in `main`, where the ServerApp's context is), and
-        #: what each of its rounds handed the server.
+        #: whether each of its rounds handed the server only the mean (one flag per round).
         self.secure: SecureAggregation | None = None
-        self.secure_rounds: list[SecureRound] = []
+        self.secure_mean_only: list[bool] = []
 
     @classmethod
     def open(
@@ -427,6 +427,7 @@ class FederationServer:
                         for domain in validation.domain_modality
                         if f"val_dice_{domain}" in row
                     )
+                    + (f", epsilon {row['epsilon']:.4g}" if "epsilon" in row else "")
                     + (f"; left out: {row['left_out']}" if row["left_out"] else "")
                 )
                 progress.update(task, completed=self.round, status=f"val {row['val_score']:.3f}")
@@ -465,7 +466,7 @@ class FederationServer:
         shared = [key for key in self.state if key not in strategy.local_keys]
         names = {node: spec.name for node, spec in self.sites.specs.items()}
         result = self.secure.run(grid, server_round, messages, self.state, shared, names)
-        self.secure_rounds.append(result)
+        self.secure_mean_only.append(result.only_the_mean)
         accepted = sum(report.accepted for report in result.reports)
         if result.mean_update is None or accepted < self.config.federation.min_clients:
             return None, result.reports
@@ -556,7 +557,7 @@ class FederationServer:
             row["epsilon"] = float(f"{self.ledger.epsilon:.6g}")
             row["dp_clipping_norm"] = float(f"{clipping_norm:.6g}")
         if self.secure is not None:  # what the SecAgg+ workflow handed over: only the unmasked mean
-            row["secagg_mean_only"] = self.secure_rounds[-1].only_the_mean
+            row["secagg_mean_only"] = self.secure_mean_only[-1]
         row["bytes_down"] = bytes_down
         row["bytes_up"] = sum(r.bytes_up for r in reports)
         row["seconds"] = round(time.perf_counter() - started, 3)

@@ -116,7 +116,9 @@ def run_federation(
     console.print(
         f"[bold]{config.name}[/]: {len(federation.clients)} clients "
         f"({', '.join(client.name for client in federation.clients)}), {federation.strategy}"
-        f"{' + FedBN' if federation.fedbn else ''}, {federation.rounds} rounds, GIN "
+        f"{' + FedBN' if federation.fedbn else ''}"
+        f"{f' + DP (z = {federation.privacy.noise_multiplier:g})' if federation.privacy else ''}"
+        f"{' + SecAgg+' if federation.secagg else ''}, {federation.rounds} rounds, GIN "
         f"{'on' if config.gin.enabled else 'off'}"
     )
     started = time.perf_counter()
