@@ -541,7 +541,8 @@ class FederationServer:
             row[f"loss_{report.name}"] = round(metrics[protocol.TRAIN_LOSS], 5)
             row[f"examples_{report.name}"] = int(metrics[protocol.NUM_EXAMPLES])
             row[f"train_seconds_{report.name}"] = round(float(metrics.get(protocol.SECONDS, math.nan)), 3)
-            row[f"update_norm_{report.name}"] = float(f"{report.update_norm:.5g}")
+            if not math.isnan(report.update_norm):  # SecAgg+ hides each site's update
+                row[f"update_norm_{report.name}"] = float(f"{report.update_norm:.5g}")
             for domain, value in report.validation.items():  # the site's own validation cases
                 row[f"site_val_{report.name}_{domain}"] = round(value, 5)
         if validation.cases:
