@@ -110,6 +110,7 @@ class ScreeningMixin:
         """The replies fit for aggregation, sorted by client name; fills `self.reports`."""
         assert self.reference is not None, "configure_train must run before aggregate_train"
         expected = set(self.reference.keys()) - self.local_keys
+        reference32 = to_float32(self.reference)  # once per round, not once per reply
         reports: list[ClientReport] = list(self.withheld.values())
         accepted: list[tuple[str, Message]] = []
         replied: set[int] = set()
@@ -152,7 +153,7 @@ class ScreeningMixin:
             if not reason:
                 # float16 updates (federation.update_dtype) are averaged in float32, after counting bytes_up.
                 content[self.arrayrecord_key] = to_float32(content[self.arrayrecord_key])
-                report.update_norm = update_norm(content[self.arrayrecord_key], to_float32(self.reference))
+                report.update_norm = update_norm(content[self.arrayrecord_key], reference32)
                 accepted.append((name, message))
         for node in sorted(self.sent - replied):
             name = self.node_names.get(node, f"node-{node}")

@@ -222,7 +222,8 @@ class SecureAggregation:
 
         parameters = ndarrays_to_parameters([value.detach().cpu().numpy() for value in state.values()])
         run_id = self.context.run_id
-        self.hand_over.__init__()  # type: ignore[misc]
+        self.hand_over = _HandOver()  # this round's instructions, results and failures only
+        self.context.strategy = self.hand_over  # type: ignore[assignment]
         self.hand_over.instructions = [
             (
                 GridClientProxy(message.metadata.dst_node_id, grid, run_id),
