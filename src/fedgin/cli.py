@@ -305,18 +305,85 @@ def federate(
         Path | None, typer.Option("--out", "-o", help="Run directory (overrides `output`).")
     ] = None,
     rounds: Annotated[int | None, typer.Option(help="Override federation.rounds.")] = None,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write TensorBoard event files into DIR/<name> (sets tracking.tensorboard).", metavar="DIR"
+        ),
+    ] = None,
 ) -> None:
     """Run a federation (FedAvg/FedProx/FedBN with GIN) on Flower's simulation engine."""
     from fedgin.federation import run_federation
 
-    result = run_federation(
-        load_federation_config(config, output, rounds), resume=resume, overwrite=overwrite, console=console
-    )
+    run_config = load_federation_config(config, output, rounds)
+    if tensorboard is not None:
+        run_config.tracking.tensorboard = tensorboard
+    result = run_federation(run_config, resume=resume, overwrite=overwrite, console=console)
     console.print(
         f"federation {result.run_dir}: {result.rounds} rounds in {result.seconds:.1f} s, best validation "
         f"score {result.best_score:.4f} at round {result.best_round}; checkpoints in "
         f"{result.run_dir / 'checkpoints'}"
     )
+
+
+@app.command()
+@user_errors
+def stats(
+    config: Annotated[
+        Path,
+        typer.Option("--config", "-c", help=escape("Run TOML with [[federation.clients]] and [stats].")),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for stats.json and figures; default: OUTPUT/stats."),
+    ] = None,
+) -> None:
+    """Federated statistics of the sites' data on Flower's simulation engine (only aggregates leave a site).
+
+    Per site, modality and protocol: cases and slices, voxel spacing, intensity histograms and quantiles
+    (raw and preprocessed), organ volumes and label values; one warning line for a site unlike the others.
+    """
+    from fedgin.config import RunConfig, load_toml
+    from fedgin.federation.statistics import default_out, run_statistics
+
+    run_config = load_toml(config, RunConfig)
+    result = run_statistics(run_config, console=console, out=output or default_out(run_config))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    console.print(f"{len(result.sites)} site(s) described; wrote {', '.join(str(p) for p in result.files)}")
+
+
+@app.command("cross-site")
+@user_errors
+def cross_site_command(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help=escape("Run TOML with [[federation.clients]]."))
+    ],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model", "-m", help="NAME=CHECKPOINT of a model to evaluate at every site (repeat the option)."
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="The sites' held-out split to score.")] = "test",
+    output: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for cross_site.csv/.png; default: OUTPUT/cross_site."),
+    ] = None,
+) -> None:
+    """Every model on every site's held-out cases, on Flower's simulation engine: a site x model matrix.
+
+    Each site returns only summaries (Dice, HD95, surface Dice per organ and domain), never images.
+    """
+    from fedgin.config import RunConfig, load_toml
+    from fedgin.federation.cross_site import matrix_table, parse_models, run_cross_site
+
+    run_config = load_toml(config, RunConfig)
+    models = parse_models(model)
+    out = output or Path(run_config.output) / "cross_site"
+    result = run_cross_site(run_config, models, out, split=split, console=console)
+    console.print(matrix_table(result))
+    console.print(f"wrote {', '.join(str(p) for p in result.files)}")
 
 
 @app.command()
@@ -587,8 +654,25 @@ def deploy_run(
     ] = False,
     insecure: InsecureOption = False,
     dry_run: DryRunOption = False,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="train (the rounds), stats (federated statistics into OUT/stats) or cross-site "
+            "(every --model on every site's held-out split, into OUT/cross_site).",
+        ),
+    ] = "train",
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", help="--task cross-site: NAME=CHECKPOINT of a model (repeat the option)."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="--task cross-site: the sites' split to score.")] = "test",
 ) -> None:
-    """Write the Flower app for CONFIG to STATE/app, sign it and submit it to the SuperLink (operator)."""
+    """Write the Flower app for CONFIG to STATE/app, sign it and submit it to the SuperLink (operator).
+
+    The same SuperNodes that train answer --task stats and --task cross-site.
+    """
     from fedgin.federation import flower as dep
     from fedgin.federation.app_signing import load_private_key
 
@@ -599,7 +683,14 @@ def deploy_run(
     run_config = load_federation_config(config, output, rounds)
     env = dep.flower_env(state / ".flwr")
     dep.write_flower_config(state / ".flwr", superlink, ca_cert, insecure=insecure)
-    dep.write_app(run_config, state / "app", resume=resume, overwrite=overwrite)
+    models = None
+    if task == "cross-site":
+        from fedgin.federation.cross_site import parse_models
+
+        models = {m.name: m.source for m in parse_models(list(model or []))}  # checked before submitting
+    dep.write_app(
+        run_config, state / "app", resume=resume, overwrite=overwrite, task=task, models=models, split=split
+    )
     command = dep.run_command(state / "app", stream=True, publisher_key=None if unsigned else publisher_key)
     dep.launch(command, env, console, dry_run)
 
@@ -702,6 +793,12 @@ def train(
         Path | None, typer.Option("--out", "-o", help="Run directory (overrides `output`).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Override train.steps.")] = None,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write TensorBoard event files into DIR/<name> (sets tracking.tensorboard).", metavar="DIR"
+        ),
+    ] = None,
 ) -> None:
     """Train a centralized or local model (GIN on or off) from a run configuration."""
     from fedgin.config import RunConfig, load_toml
@@ -712,6 +809,8 @@ def train(
         run_config.output = output
     if steps is not None:
         run_config.train.steps = steps
+    if tensorboard is not None:
+        run_config.tracking.tensorboard = tensorboard
     result = run_training(run_config, resume=resume, overwrite=overwrite, console=console)
     console.print(
         f"run {result.run_dir}: {result.steps} steps, best validation score {result.best_score:.4f} "
@@ -763,6 +862,13 @@ def study_command(
     report_only: Annotated[
         bool, typer.Option("--report-only", help="Rewrite report.md from the finished runs.")
     ] = False,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write every run's TensorBoard event files under DIR (sets tracking.tensorboard).",
+            metavar="DIR",
+        ),
+    ] = None,
 ) -> None:
     """Run every method of the FedGIN study for each seed (and MRI:CT ratio), then write report.md."""
     from fedgin.study import load_study, plan_study, preset_path, run_study
@@ -776,6 +882,8 @@ def study_command(
         settings.output = output
     if seeds is not None:
         settings.seeds = [int(seed) for seed in seeds.split(",") if seed.strip()]
+    if tensorboard is not None:
+        settings.tracking.tensorboard = tensorboard
     if report_only:
         console.print(f"report: {write_report(settings, plan_study(settings))}")
         return

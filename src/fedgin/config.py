@@ -566,6 +566,46 @@ class FederationConfig(Settings):
         return notes
 
 
+class StatsConfig(Settings):
+    """Federated statistics (`fedgin stats`): what every site computes on its caches and how it protects
+    what it sends (fedgin.statistics). Only aggregates leave a site: counts, sums, ranges, histograms."""
+
+    splits: list[str] = Field(
+        ["train", "val", "test"], min_length=1, description="The cached splits each site describes."
+    )
+    bins: int = Field(
+        100, ge=2, le=10_000, description="Intensity histogram bins, between the federation's min and max."
+    )
+    min_count: int = Field(
+        3,
+        ge=1,
+        description="A count below this is suppressed on the site (sent as 0): histogram bins, and the "
+        "ranges of a group with fewer cases.",
+    )
+    noise_epsilon: float | None = Field(
+        None,
+        gt=0.0,
+        description="Laplace noise of scale 1/epsilon on every count a site sends (per count; see "
+        "docs/statistics.md); None sends exact counts.",
+    )
+    volume_range_ml: tuple[PositiveFloat, PositiveFloat] = Field(
+        (0.1, 10_000.0), strict=False, description="Organ volume histogram range (log-spaced bins), mL."
+    )
+    volume_bins: int = Field(60, ge=2, le=1_000)
+    spacing_range_mm: tuple[float, PositiveFloat] = Field(
+        (0.0, 10.0), strict=False, description="Voxel spacing histogram range, mm."
+    )
+    spacing_bins: int = Field(40, ge=2, le=1_000)
+
+
+class TrackingConfig(Settings):
+    """Experiment tracking; off unless a folder is given (the `tracking` extra installs TensorBoard)."""
+
+    tensorboard: Path | None = Field(
+        None, strict=False, description="Write TensorBoard event files into this folder."
+    )
+
+
 class RunConfig(Settings):
     """One experiment: data, model, GIN and training settings. Loaded from TOML, written into the run."""
 
@@ -579,6 +619,8 @@ class RunConfig(Settings):
     affine: AffineConfig = Field(default_factory=AffineConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 SettingsT = TypeVar("SettingsT", bound=Settings)

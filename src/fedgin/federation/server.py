@@ -231,6 +231,10 @@ class FederationServer:
             self.privacy_state = dict(resumed.payload.get("privacy", {}))
             if self.ledger is not None:
                 self.ledger.compose(self.round)
+        from fedgin.tracking import Tracker  # here: this class's only use of it
+
+        #: TensorBoard scalars of each committed round (tracking.tensorboard; a no-op when off).
+        self.tracker = Tracker.open(config.tracking, config.name, resume_step=self.round)
         self.seconds = 0.0
         #: Seconds of this process's round loop (the rest of a run's time is the engine's start and stop).
         self.rounds_seconds = 0.0
@@ -361,6 +365,7 @@ class FederationServer:
     def write_summary(self, seconds: float, engine: str) -> None:
         """summary.json of the run, the same for the simulation and the deployment engine."""
         self.seconds = seconds
+        self.tracker.close()  # after an error or Ctrl-C it closes itself when the server is collected
         self.run.write_summary(
             self.round,
             self.best,
@@ -569,4 +574,5 @@ class FederationServer:
         # last.pt is the commit point of a round: a server killed before it repeats the round on resume.
         self.save("last.pt")
         self.run.write_history(self.history)
+        self.tracker.scalars(server_round, row)
         return row

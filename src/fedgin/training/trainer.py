@@ -21,6 +21,7 @@ from fedgin.model import build_loss, build_unet, resolve_amp, resolve_device
 from fedgin.patches import PatchSampler
 from fedgin.runs import Best, RunDirectory, RunState
 from fedgin.slices import ForegroundBatchSampler, SliceDataset
+from fedgin.tracking import Tracker
 from fedgin.training.data import ValidationSet, build_train_slices, build_validation_set
 from fedgin.training.schedule import learning_rate
 from fedgin.training.seeding import derive_seed, rng_state, seed_everything, set_rng_state, torch_generator
@@ -269,6 +270,8 @@ def run_training(
         resumed = run.read_checkpoint(resume_from, trainer.device)
         trainer.restore(resumed)
         history, best = resumed.history, resumed.best
+    # TensorBoard (tracking.tensorboard): a missing extra refuses the run before its folder is written.
+    tracker = Tracker.open(config.tracking, config.name, resume_step=trainer.step)
     run.start(config, resume_from, overwrite)
     if resume_from is not None:
         console.print(f"resuming {run_dir} at step {trainer.step}")
@@ -333,6 +336,8 @@ def run_training(
             history.append(row)
             run.write_history(history)
             trainer.save(run, "last.pt", history, best)
+            tracker.scalars(trainer.step, row)  # after last.pt: only steps a resume keeps
+    tracker.close()  # on an error or Ctrl-C the tracker closes itself when it is collected
     run.write_summary(trainer.step, best)
     return TrainResult(run_dir, trainer.step, best.score, best.progress, history)
 
