@@ -138,7 +138,37 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path, privat
         if private:
             assert float(row["epsilon"]) > 0 and json.loads(summary.read_text())["privacy"]["epsilon"] > 0
             assert row["secagg_mean_only"] == "True"  # the server got the unmasked mean, no single update
+        else:
+            requests_on_the_same_supernodes(tmp_path, config, tls, server, certs, env, logs)
     finally:
         stop_all(processes)
     for process in processes:
         assert not process.alive()
+
+
+def requests_on_the_same_supernodes(
+    tmp_path: Path, config: RunConfig, tls: tuple, server: Path, certs: Path, env: dict, logs: Path
+) -> None:
+    """`deploy run --task stats` and `--task cross-site` answered by the SuperNodes that trained."""
+    best = config.output / "checkpoints" / "best.pt"
+    for task, extra, result in (
+        ("stats", (), config.output / "stats" / "stats.json"),
+        ("cross-site", ("--model", f"global={best}"), config.output / "cross_site" / "cross_site.csv"),
+    ):
+        submitted = subprocess.run(
+            fedgin("deploy", "run", "--config", tmp_path / "fl.toml", *tls, "--state", server,
+                   "--publisher-key", certs / "publisher.key", "--task", task, *extra),
+            env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        wait_for(result.exists, 150, f"{result} (logs in {logs})")
+    stats = json.loads((config.output / "stats" / "stats.json").read_text())
+    assert sorted(stats["sites"]) == ["ct", "mix"] and set(stats["pooled"]) == {"ct", "mri_t2"}
+    with open(config.output / "cross_site" / "cross_site.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(row["model"], row["site"]) for row in rows} == {("global", "ct"), ("global", "mix")}
+    # the mix site scored its CT and its T2 test cases (from its own caches, named in its node config)
+    assert {row["group"] for row in rows if row["site"] == "mix" and row["group_by"] == "domain"} == {
+        "ct",
+        "mri_t2",
+    }

@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from fedgin.errors import ConfigError
+from fedgin.federation.cross_site import matrix, read_rows
 from fedgin.study import PRESETS, StudyConfig, load_study, plan_study, preset_path, run_study
 from fedgin.study.plan import unique_runs
 from fedgin.study.report import write_report
@@ -145,6 +146,16 @@ def test_miniature_study_report_matches_the_runs(caches: dict[str, Path], tmp_pa
         "720" not in report
         and "| FedGIN | FedAvg over the sites, GIN on every batch | yes | 8 | 2 | 2 |" in report
     )
+
+    # The cross-site matrix: FedGIN at every site, on the site's own test cases, on Flower.
+    section = report.split("## Cross-site evaluation")[1].split("\n## ")[0]
+    rows = read_rows(out / "cross_site" / "seed7" / "cross_site.csv")
+    sites = [site.name for site in config.sites]
+    assert {row["site"] for row in rows} == set(sites) and {row["model"] for row in rows} == {"FedGIN"}
+    cells = matrix(rows)
+    values = " | ".join(f"{cells['FedGIN', site]:.3f}" for site in sites)
+    assert f"| FedGIN | {values} |" in section
+    assert (out / "figures" / "cross_site.png").stat().st_size > 5000
 
     # Interrupted part-way: the unfinished run is trained again, the finished one is kept.
     fedgin_run, central_run = result.runs

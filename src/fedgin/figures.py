@@ -421,3 +421,35 @@ def plot_overlays(rows: Sequence[OverlayRow], out: Path) -> Path:
     figure.legend(handles=handles, loc="lower center", ncol=len(ORGANS), fontsize=8)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     return _save(figure, out, STUDY_DPI)
+
+
+def plot_cross_site(rows: Sequence[Mapping[str, Any]], out: Path) -> Path:
+    """Heat map of a cross-site evaluation (fedgin.federation.cross_site): one row per model, one column
+    per site and domain of its held-out cases, cells the Dice averaged over organs (mean over patients)."""
+    cells = {
+        (str(row["model"]), f"{row['site']}\n{row['group']}"): row["dice_mean"]
+        for row in rows
+        if row["group_by"] == "domain" and row["organ"] == "mean"
+    }
+    models = list(dict.fromkeys(model for model, _ in cells))
+    columns = list(dict.fromkeys(column for _, column in cells))
+    values = np.array(
+        [
+            [float(cells.get((m, c)) if cells.get((m, c)) is not None else math.nan) for c in columns]
+            for m in models
+        ]
+    ).reshape(len(models), len(columns))
+    figure = _figure(1.6 + 1.15 * max(1, len(columns)), 1.2 + 0.45 * max(1, len(models)))
+    ax = figure.subplots()
+    image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        if not math.isnan(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if value > 0.6 else "white")  # fmt: skip
+    ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.set_yticks(range(len(models)), models, fontsize=8)
+    ax.set_xlabel("site and domain of the held-out cases")
+    ax.set_title("Cross-site Dice (mean over organs)", fontsize=10)
+    figure.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    figure.tight_layout()
+    return _save(figure, out, STUDY_DPI)

@@ -47,7 +47,7 @@ from fedgin.nifti import by_case_name, nifti_files, nifti_stem, read_label
 
 if TYPE_CHECKING:
     from fedgin.cache import Cache, CacheEntry
-    from fedgin.config import RunConfig
+    from fedgin.config import ModelConfig, RunConfig
 
 __all__ = [
     "CASE_COLUMNS",
@@ -59,6 +59,9 @@ __all__ = [
     "evaluate_checkpoint",
     "evaluate_folders",
     "keep_best_slices",
+    "model_predictor",
+    "score_cached_cases",
+    "summary_rows",
     "summary_table",
 ]
 
@@ -294,30 +297,79 @@ def _checkpoint_predictor(
 ) -> tuple[Callable[[np.ndarray], np.ndarray], RunConfig, torch.device]:
     """(image volume -> label volume with the checkpoint's model, the checkpoint's run config, device)."""
     from fedgin.checkpoints import load_model
-    from fedgin.evaluation.inference import predict_volume
     from fedgin.model import resolve_device
 
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     model, config = load_model(checkpoint, torch_device)
+    return model_predictor(model, config.model, torch_device, amp, batch_size), config, torch_device
+
+
+def model_predictor(
+    model: torch.nn.Module, model_config: ModelConfig, device: torch.device, amp: bool, batch_size: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Image volume -> label volume with `model` on `device`, as `fedgin evaluate` predicts."""
+    from fedgin.evaluation.inference import predict_volume
 
     def predict(image: np.ndarray) -> np.ndarray:
         return predict_volume(
             model,
             image,
-            torch_device,
-            dimensions=config.model.dimensions,
+            device,
+            dimensions=model_config.dimensions,
             batch_size=batch_size,
             amp=amp,
-            roi_size=config.model.patch_size,
+            roi_size=model_config.patch_size,
         )
 
-    return predict, config, torch_device
+    return predict
 
 
 def _best_slice(entry: CacheEntry, image: np.ndarray, ref: np.ndarray, pred: np.ndarray) -> KeptSlice:
     """The case's axial slice with the most reference organ voxels: the same slice for every model."""
     z = most_foreground_slice(ref)
     return KeptSlice(entry.case_id, entry.domain, entry.modality, z, np.array(image[z]), ref[z], pred[z])
+
+
+def score_cached_cases(
+    predict: Callable[[np.ndarray], np.ndarray],
+    selected: Sequence[tuple[Cache, CacheEntry]],
+    *,
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+    method: str | None = None,
+    keep_slices: Collection[str] = (),
+    progress: bool = True,
+    title: str = "evaluate",
+) -> tuple[list[dict[str, Any]], list[KeptSlice]]:
+    """Per-case x organ rows of `predict` (image volume -> label volume) on cached cases, and the kept
+    slices of the cases in `keep_slices`: what `evaluate_checkpoint` and a site's cross-site evaluation
+    (fedgin.federation.cross_site) both score."""
+    rows: list[dict[str, Any]] = []
+    kept: list[KeptSlice] = []
+    with _progress(progress) as bar:
+        task = bar.add_task(title, total=len(selected))
+        for cache, entry in selected:
+            image, ref = _load_case(cache, entry)
+            pred = predict(image)
+            spacing_zyx = tuple(float(s) for s in reversed(entry.spacing))
+            case = {
+                **({"method": method} if method is not None else {}),
+                "case_id": entry.case_id,
+                "source": entry.source,
+                "modality": entry.modality,
+                "domain": entry.domain,
+                "split": entry.split,
+                "protocol": entry.protocol,
+            }
+            rows.extend(_case_rows(case, pred, ref, spacing_zyx, nsd_tolerance_mm))
+            if entry.case_id in keep_slices:
+                kept.append(_best_slice(entry, image, ref, pred))
+            bar.advance(task)
+    return rows, kept
+
+
+def summary_rows(rows: Sequence[Mapping[str, Any]], method: str | None = None) -> list[dict[str, Any]]:
+    """The summary.csv rows of per-case rows (every grouping of GROUPINGS, organs and their mean)."""
+    return _summary(rows, method)
 
 
 def evaluate_checkpoint(
@@ -347,28 +399,15 @@ def evaluate_checkpoint(
     checkpoint, caches = Path(checkpoint), [Path(c) for c in caches]
     selected = _select_cached(caches, split, out_dir)
     predict, config, torch_device = _checkpoint_predictor(checkpoint, device, amp, batch_size)
-
-    rows: list[dict[str, Any]] = []
-    kept: list[KeptSlice] = []
-    with _progress(progress) as bar:
-        task = bar.add_task(f"evaluate {checkpoint.name}", total=len(selected))
-        for cache, entry in selected:
-            image, ref = _load_case(cache, entry)
-            pred = predict(image)
-            spacing_zyx = tuple(float(s) for s in reversed(entry.spacing))
-            case = {
-                **({"method": method} if method is not None else {}),
-                "case_id": entry.case_id,
-                "source": entry.source,
-                "modality": entry.modality,
-                "domain": entry.domain,
-                "split": entry.split,
-                "protocol": entry.protocol,
-            }
-            rows.extend(_case_rows(case, pred, ref, spacing_zyx, nsd_tolerance_mm))
-            if entry.case_id in keep_slices:
-                kept.append(_best_slice(entry, image, ref, pred))
-            bar.advance(task)
+    rows, kept = score_cached_cases(
+        predict,
+        selected,
+        nsd_tolerance_mm=nsd_tolerance_mm,
+        method=method,
+        keep_slices=keep_slices,
+        progress=progress,
+        title=f"evaluate {checkpoint.name}",
+    )
     info = {
         "kind": "checkpoint",
         "checkpoint": str(checkpoint),

@@ -230,9 +230,15 @@ def identify(message: Message, context: Context) -> Message:
 
 
 def build_client_app(train: TrainFunction = train_round) -> ClientApp:
-    """A ClientApp answering fedgin's query and train messages (`train`: a test's wrapper of train_round)."""
+    """A ClientApp answering fedgin's query, train, statistics and cross-site messages (`train`: a test's
+    wrapper of train_round)."""
+    from fedgin.federation import cross_site, statistics
+
     app = ClientApp()
     app.query()(identify)
+    # Requests outside the rounds: federated statistics and cross-site evaluation (only summaries return).
+    app.query(statistics.ACTION)(statistics.site_reply)
+    app.evaluate(cross_site.ACTION)(cross_site.site_reply)
     # Flower's SecAgg+ mod on SecAgg+ rounds only (federation.secagg); plain rounds pass it untouched.
     app.train(mods=[secagg_mod])(train)
     return app

@@ -329,14 +329,38 @@ def write_flower_config(
 
 
 def write_app(
-    config: RunConfig, app_dir: str | Path, *, resume: bool = False, overwrite: bool = False
+    config: RunConfig,
+    app_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    task: str = protocol.TASK_TRAIN,
+    out: str | Path | None = None,
+    models: Mapping[str, str | Path] | None = None,
+    split: str = "test",
 ) -> Path:
     """The Flower app folder for `flwr run`: pyproject.toml + fedgin.toml (the resolved run config).
+
+    `task`: the rounds (train), federated statistics (stats, into `out`) or the cross-site evaluation of
+    `models` (name -> checkpoint on this machine) on the sites' `split` (cross-site, into `out`).
 
     The app config carries the absolute path of fedgin.toml, read by the ServerApp on the SuperLink's
     machine; fedgin.toml is left out of the FAB (which reaches every site): each site learns only its
     own data specification, from the server's first message to it.
     """
+    if task not in (protocol.TASK_TRAIN, protocol.TASK_STATS, protocol.TASK_CROSS_SITE):
+        raise ConfigError(f"unknown task {task!r} (train, stats or cross-site)")
+    task_settings: dict[str, str] = {}
+    if task != protocol.TASK_TRAIN:
+        default = "stats" if task == protocol.TASK_STATS else "cross_site"
+        task_settings[protocol.APP_OUT] = str(Path(out or Path(config.output) / default).resolve())
+    if task == protocol.TASK_CROSS_SITE:
+        if not models:
+            raise ConfigError("a cross-site evaluation needs at least one model (--model NAME=CHECKPOINT)")
+        task_settings[protocol.APP_MODELS] = json.dumps(
+            {n: str(Path(p).resolve()) for n, p in models.items()}
+        )
+        task_settings[protocol.APP_SPLIT] = split
     app_dir = Path(app_dir).resolve()
     app_dir.mkdir(parents=True, exist_ok=True)
     config = config.model_copy(update={"output": Path(config.output).resolve()})
@@ -363,6 +387,8 @@ def write_app(
                         protocol.APP_CONFIG_FILE: str(app_dir / APP_RUN_CONFIG),
                         protocol.APP_RESUME: resume,
                         protocol.APP_OVERWRITE: overwrite,
+                        protocol.APP_TASK: task,
+                        **task_settings,
                     },
                 }
             }

@@ -88,6 +88,16 @@ NODE_PARTITION = "partition-id"
 APP_CONFIG_FILE = "fedgin-config-file"
 APP_RESUME = "resume"
 APP_OVERWRITE = "overwrite"
+#: What the run does with the SuperNodes: TASK_TRAIN (the rounds), TASK_STATS or TASK_CROSS_SITE.
+APP_TASK = "task"
+TASK_TRAIN = "train"
+TASK_STATS = "stats"
+TASK_CROSS_SITE = "cross-site"
+#: Statistics / cross-site: the output folder; cross-site: the models (JSON name -> checkpoint path on the
+#: SuperLink's machine) and the sites' split to score.
+APP_OUT = "out"
+APP_MODELS = "models"
+APP_SPLIT = "split"
 
 
 def site_identity(node_config: Mapping) -> ConfigRecord:

@@ -9,13 +9,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from flwr.app import Context
 from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
+from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
 from fedgin.config import RunConfig
@@ -108,7 +109,6 @@ def run_federation(
         config, console, resume=resume, overwrite=overwrite, stop_after=stop_after, wait_for_all_sites=True
     )
     run_dir = server.run_dir
-    os.environ.update(flower_env(run_dir / ".flwr"))
 
     if server.resumed:
         console.print(f"resuming {run_dir} after round {server.round}")
@@ -130,11 +130,34 @@ def run_federation(
 
 
 def _simulate(config: RunConfig, server: FederationServer, client_app: ClientApp) -> None:
-    """The rounds on Flower's simulation engine, with Ray out of reach of Ctrl-C and shut down after."""
+    """The rounds on Flower's simulation engine; Ctrl-C -> FederationInterrupted naming the round kept."""
+    try:
+        simulate(config, server.main, client_app, server.interrupt, server.run_dir / ".flwr")
+    except KeyboardInterrupt:
+        raise FederationInterrupted(server.interrupted_message()) from None
+
+
+def simulate(
+    config: RunConfig,
+    main: Callable[[Grid, Context], None],
+    client_app: ClientApp,
+    interrupt: Callable[[float], object],
+    flwr_home: Path,
+) -> None:
+    """Run a ServerApp `main` against one virtual SuperNode per site (Flower's simulation engine, Ray),
+    with Ray out of reach of Ctrl-C and shut down after.
+
+    Used for training (`FederationServer.main`), federated statistics and cross-site evaluation. On
+    Ctrl-C, `interrupt(grace_s)` stops `main` from this thread, Ray is stopped and KeyboardInterrupt
+    raised; a failure of the engine itself is a FederationError. Flower's environment (no telemetry, no
+    runtime installs, FLWR_HOME = `flwr_home`) is set in this process, which Ray's workers inherit.
+    """
     from flwr.simulation import run_simulation
 
+    os.environ.update(flower_env(flwr_home))
+
     server_app = ServerApp()
-    server_app.main()(server.main)
+    server_app.main()(main)
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level
     # Flower's own notices and its tracebacks of client errors (one per failing client and round) are not
@@ -152,9 +175,9 @@ def _simulate(config: RunConfig, server: FederationServer, client_app: ClientApp
         )
     except KeyboardInterrupt:
         with _sigint_ignored():  # a second Ctrl-C does not cut the clean-up short
-            server.interrupt(INTERRUPT_GRACE_S)
+            interrupt(INTERRUPT_GRACE_S)
             _stop_ray()
-        raise FederationInterrupted(server.interrupted_message()) from None
+        raise
     except RuntimeError as error:
         if str(error) != "An error was encountered. Ending simulation.":
             raise

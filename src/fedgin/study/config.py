@@ -17,6 +17,7 @@ from fedgin.config import (
     ModelConfig,
     PreprocessConfig,
     Settings,
+    TrackingConfig,
     TrainConfig,
     load_toml,
 )
@@ -94,6 +95,16 @@ class StudyConfig(Settings):
         description="rounds x local_steps per site set every method's step budget; clients come from sites.",
     )
     overlay_cases: int = Field(2, ge=0, description="Test cases per modality drawn as overlays.")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="TensorBoard: every run logs into <tensorboard>/seed<S>[/<point>]/<run> (not part of a "
+        "run's identity; a resumed study may add or drop it).",
+    )
+    cross_site: bool = Field(
+        True,
+        description="Evaluate FedGIN, FL w/o GIN and every local model on every site's held-out (test) cases "
+        "(fedgin.federation.cross_site), per seed and scenario point.",
+    )
 
     @field_validator("ratios")
     @classmethod

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedgin.config import ClientSpec, DataConfig, DataSpec, RunConfig
+from fedgin.config import ClientSpec, DataConfig, DataSpec, RunConfig, TrackingConfig
 from fedgin.errors import ConfigError
 from fedgin.study.config import METHODS, StudyConfig, StudySite, parse_ratio
 from fedgin.training.data import select_cases
@@ -94,7 +94,7 @@ def scenario_points(config: StudyConfig) -> dict[str, list[SiteData]]:
 
 def _identity(config: RunConfig) -> str:
     """What decides a run's result (not its name or folder): equal identities give equal models."""
-    data = config.model_dump(mode="json", exclude={"name", "output"})
+    data = config.model_dump(mode="json", exclude={"name", "output", "tracking"})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -127,7 +127,15 @@ def _run_config(
             }
         ),
         federation=study.federation.model_copy(update=federation),
+        tracking=TrackingConfig(tensorboard=_tensorboard_dir(study, output)),
     )
+
+
+def _tensorboard_dir(study: StudyConfig, output: Path) -> Path | None:
+    """A run's TensorBoard folder: the study's, then the run's place under runs/ (seed, scenario point)."""
+    if study.tracking.tensorboard is None:
+        return None
+    return study.tracking.tensorboard / output.parent.relative_to(study.output / "runs")
 
 
 def plan_study(config: StudyConfig) -> list[PlannedRun]:

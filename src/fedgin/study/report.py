@@ -449,6 +449,44 @@ def privacy_table(runs: Sequence[PlannedRun]) -> str:
     return markdown_table(header, body) if body else ""
 
 
+def cross_site_section(
+    config: StudyConfig, runs: Sequence[PlannedRun], point: str, figure: Path
+) -> list[str]:
+    """The cross-site matrix (fedgin.study.cross_site) at `point`: models x sites, Dice averaged over
+    organs on each site's held-out cases, mean ± std over the seeds; the heat map of the first seed with
+    one (per site and domain) into `figure`. [] when no seed has one."""
+    from fedgin.federation.cross_site import matrix, read_rows
+    from fedgin.study.cross_site import cross_site_dir
+
+    per_seed: dict[tuple[str, str], list[float]] = defaultdict(list)
+    first_rows: list[dict] | None = None
+    for seed in config.seeds:
+        path = cross_site_dir(config, seed, point) / "cross_site.csv"
+        if not path.is_file():
+            continue
+        rows = read_rows(path)
+        first_rows = first_rows if first_rows is not None else rows
+        for key, value in matrix(rows).items():
+            per_seed[key].append(value)
+    if first_rows is None:
+        return []
+    models = list(dict.fromkeys(model for model, _ in per_seed))
+    sites = list(dict.fromkeys(site for _, site in per_seed))
+    body = [[model, *(cell(over_seeds(per_seed[(model, site)])) for site in sites)] for model in models]
+    figures.plot_cross_site(first_rows, figure)
+    where = "" if point == "complete" else f" (MRI:CT {point})"
+    return [
+        f"## Cross-site evaluation{where}\n",
+        "Every model scored at every site on that site's held-out cases (its caches' test split, the domains "
+        "it trains on), on Flower: the sites return only summaries. Dice averaged over organs per patient, "
+        "then over the site's patients, then mean ± std over seeds. A local model's row shows how a "
+        "hospital's own model does at the other hospitals; the federated rows what federation buys each "
+        "of them. Sites carved from one cache (skip/max cases) share its test split.\n",
+        markdown_table(["model", *sites], body),
+        f"![Cross-site Dice, seed {config.seeds[0]}](figures/{figure.name})\n",
+    ]
+
+
 def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
     """report.md, results.csv and the figures in the study folder."""
     out = config.output
@@ -510,6 +548,8 @@ def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
             "Seen against unseen protocols (mean over the patients of those protocols, ± std over seeds):\n",
             tables[1],
         ]
+    if config.cross_site:
+        text += cross_site_section(config, runs, main_point, figure_dir / "cross_site.png")
     text += [
         f"## Convergence{'' if main_point == 'complete' else f' (MRI:CT {main_point})'}\n",
         "Validation score (mean Dice over the validation domains) once per round's worth of steps. A model "

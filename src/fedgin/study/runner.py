@@ -103,6 +103,10 @@ def _check_output(config: StudyConfig, resume: bool, overwrite: bool) -> None:
     with contextlib.suppress(FedginError, ValueError):
         before = StudyConfig.model_validate(before).model_dump(mode="json", exclude_none=True)
     now = config.model_dump(mode="json", exclude_none=True)
+    # Where runs log their curves (tracking) and whether the matrix is made (cross_site) change no result.
+    for key in ("tracking", "cross_site"):
+        before.pop(key, None)
+        now.pop(key, None)
     if before != now:
         changed = sorted(key for key in {*before, *now} if before.get(key) != now.get(key))
         raise ConfigError(
@@ -187,6 +191,7 @@ def run_study(
     config: StudyConfig, resume: bool = False, overwrite: bool = False, console: Console | None = None
 ) -> StudyResult:
     """Run (or continue) every run of the study, then write report.md and its figures."""
+    from fedgin.study.cross_site import run_cross_site_evaluations
     from fedgin.study.report import write_report
 
     console = console or Console()
@@ -224,6 +229,8 @@ def run_study(
             f"best val {done['best_val_score']:.3f}, {done['train_seconds']:.0f} s train + "
             f"{done['test_seconds']:.0f} s test"
         )
+    if config.cross_site:
+        run_cross_site_evaluations(config, runs, console)
     reporting = time.perf_counter()
     keep_missing_slices(config, runs)
     report = write_report(config, runs)
