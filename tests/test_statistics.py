@@ -152,7 +152,8 @@ def test_small_counts_are_suppressed(caches: dict[str, Path]) -> None:
             assert group["n_cases"] == len(Cache(caches["ct"]).cases()) >= config.min_count
             assert group["intensity"]["raw"]["sum"] is not None
             continue
-        # Each synthetic protocol group holds fewer than min_count cases: sums and ranges are withheld.
+        # Each synthetic protocol group holds fewer than min_count cases: it is sent empty.
+        assert all(value == 0 for _, value in counts), key
         assert group["intensity"]["raw"]["sum"] is None
         assert group["spacing"]["original"]["range"] is None
         assert group["volumes"]["liver"]["sum"] is None

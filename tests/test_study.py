@@ -147,6 +147,12 @@ def test_miniature_study_report_matches_the_runs(caches: dict[str, Path], tmp_pa
         and "| FedGIN | FedAvg over the sites, GIN on every batch | yes | 8 | 2 | 2 |" in report
     )
 
+    # The sites' data, described on Flower before training: the report links the figures.
+    stats = json.loads((out / "stats" / "stats.json").read_text())
+    assert sorted(stats["sites"]) == sorted(site.name for site in config.sites)
+    assert "## The sites' data (federated statistics)" in report
+    assert "(stats/intensity_histograms.png)" in report and (out / "stats" / "organ_volumes.png").is_file()
+
     # The cross-site matrix: FedGIN at every site, on the site's own test cases, on Flower.
     section = report.split("## Cross-site evaluation")[1].split("\n## ")[0]
     rows = read_rows(out / "cross_site" / "seed7" / "cross_site.csv")

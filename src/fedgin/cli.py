@@ -311,6 +311,14 @@ def federate(
             help="Write TensorBoard event files into DIR/<name> (sets tracking.tensorboard).", metavar="DIR"
         ),
     ] = None,
+    cross_site: Annotated[
+        bool,
+        typer.Option(
+            "--cross-site",
+            help="Then evaluate the best global model at every site on its held-out (test) cases "
+            "(RUN/cross_site).",
+        ),
+    ] = False,
 ) -> None:
     """Run a federation (FedAvg/FedProx/FedBN with GIN) on Flower's simulation engine."""
     from fedgin.federation import run_federation
@@ -324,6 +332,12 @@ def federate(
         f"score {result.best_score:.4f} at round {result.best_round}; checkpoints in "
         f"{result.run_dir / 'checkpoints'}"
     )
+    if cross_site:
+        from fedgin.federation.cross_site import Model, matrix_table, run_cross_site
+
+        best = Model.from_checkpoint("global", result.run_dir / "checkpoints" / "best.pt")
+        evaluated = run_cross_site(run_config, [best], result.run_dir / "cross_site", console=console)
+        console.print(matrix_table(evaluated))
 
 
 @app.command()
@@ -569,6 +583,13 @@ def deploy_supernode(
             "back-off: the SuperLink refuses a crashed SuperNode's key for up to 60 s).",
         ),
     ] = 120.0,
+    share_case_results: Annotated[
+        bool,
+        typer.Option(
+            "--share-case-results",
+            help="Cross-site evaluation: also return per-case rows (case ids and scores, never images).",
+        ),
+    ] = False,
     dry_run: DryRunOption = False,
 ) -> None:
     """Start one site's SuperNode (site machine); its cache paths stay in its node config.
@@ -606,7 +627,7 @@ def deploy_supernode(
         check_ca_certificate(ca_cert)
     command = dep.supernode_command(
         site, cache or None, superlink=superlink, ca_cert=ca_cert, private_key=key, port=port,
-        insecure=insecure, trusted_publishers=trusted,
+        insecure=insecure, trusted_publishers=trusted, share_case_results=share_case_results,
     )  # fmt: skip
     console.print(dep.format_command(command), highlight=False, soft_wrap=True)
     if dry_run:

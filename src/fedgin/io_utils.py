@@ -62,6 +62,7 @@ def staged_folder(out_dir: str | Path) -> Iterator[Path]:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would stay the folder's mode
         yield staging
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")

@@ -31,6 +31,7 @@ from rich.table import Table
 
 from fedgin.config import ClientSpec, ModelConfig, RunConfig
 from fedgin.errors import ConfigError, DataError
+from fedgin.federation import protocol
 from fedgin.federation.site_requests import SiteRequests
 
 #: The ClientApp's action: message type "evaluate.cross_site".
@@ -49,7 +50,7 @@ SUMMARY = "summary"
 N_CASES = "n-cases"
 CASES = "cases"
 #: Node config key with which a site allows its per-case rows (case ids and scores, never images) to leave.
-NODE_SHARE_CASES = "share-case-results"
+NODE_SHARE_CASES = protocol.NODE_SHARE_CASES
 #: The columns of cross_site.csv.
 COLUMNS: tuple[str, ...] = (
     "model", "site", "group_by", "group", "organ", "n_cases",

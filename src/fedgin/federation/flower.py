@@ -170,16 +170,20 @@ def supernode_command(
     max_retries: int | None = None,
     max_wait_time: float | None = None,
     trusted_publishers: str | Path | None = None,
+    share_case_results: bool = False,
 ) -> list[str]:
     """`flower-supernode` for one site: its name and local cache go in the node config, never on the wire.
 
-    `trusted_publishers` (Flower's trusted-entities YAML) makes the site run only apps those keys signed.
+    `trusted_publishers` (Flower's trusted-entities YAML) makes the site run only apps those keys signed;
+    `share_case_results` lets cross-site evaluations return its per-case rows (case ids and scores).
 
     `cache` replaces the cache folder of every data entry of that site in `federation.clients`; a list
     gives one folder per data entry, in order (None keeps the paths of the run config, e.g. when all
     sites share one file system).
     """
-    node_config: dict[str, str] = {protocol.NODE_CLIENT_NAME: site}
+    node_config: dict[str, str | bool] = {protocol.NODE_CLIENT_NAME: site}
+    if share_case_results:  # the site's own consent: per-case rows of cross-site evaluations leave it
+        node_config[protocol.NODE_SHARE_CASES] = True
     if cache is not None:
         folders = [cache] if isinstance(cache, str | Path) else list(cache)
         node_config[protocol.NODE_CACHE] = os.pathsep.join(str(Path(folder).resolve()) for folder in folders)

@@ -20,6 +20,11 @@ ConfigRecord (SITE_NAME and the site's validation Dice per domain, VAL_DICE_PREF
 the METRICS also hold UNIT_WEIGHT (1, the weight of every site) and, with client-side adaptive clipping,
 NORM_BIT (whether the site's update was clipped). No image,
 label or path leaves a site, and no site learns another site's data specification.
+
+Outside the rounds (after the same query): `query.stats` asks a site for its federated statistics
+(fedgin.federation.statistics: aggregates only) and `evaluate.cross_site` sends it a model to score on its
+held-out cases (fedgin.federation.cross_site: summary rows only; per-case rows with NODE_SHARE_CASES). Both
+requests carry the site's own spec; which of the three tasks a deployment's run does is APP_TASK.
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ SITE_STATE = "fedgin-site"
 NODE_CLIENT_NAME = "client-name"
 NODE_CACHE = "cache"
 NODE_PARTITION = "partition-id"
+#: A site's consent that cross-site evaluations return its per-case rows (case ids and scores, no images).
+NODE_SHARE_CASES = "share-case-results"
 
 # -- the deployment's app config (pyproject.toml [tool.flwr.app.config], read by the ServerApp) ---------
 #: Absolute path of the resolved fedgin run config (a file on the SuperLink's machine, not in the FAB).

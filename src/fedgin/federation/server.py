@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import math
 import re
 import threading
@@ -24,6 +23,7 @@ from fedgin.errors import ConfigError
 from fedgin.federation import protocol
 from fedgin.federation.fedavg import ScreenedFedAvg
 from fedgin.federation.fedprox import ScreenedFedProx
+from fedgin.federation.messaging import Stopped, exchange, stop_thread
 from fedgin.federation.privacy import (
     UNIT_WEIGHT,
     PrivacyLedger,
@@ -59,11 +59,6 @@ NODE_TIMEOUT_S = 120.0
 
 class FederationInterrupted(KeyboardInterrupt):
     """Ctrl-C ended the federation; the message says which round is kept and how to continue."""
-
-
-class _Stopped(Exception):
-    """Raised in the server's thread to end its round loop after a Ctrl-C (an Exception, so that Flower's
-    ServerApp thread takes it as the app's end instead of printing a traceback)."""
 
 
 @dataclass
@@ -272,15 +267,7 @@ class FederationServer:
         as a whole: last.pt is replaced in one step). After that the thread is stopped where it is.
         """
         self.stopping.set()
-        thread = self.thread
-        if thread is None or thread is threading.current_thread() or thread.ident is None:
-            return True
-        thread.join(grace_s)
-        if thread.is_alive():
-            stop = ctypes.py_object(_Stopped)
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), stop)
-            thread.join(2.0)
-        return not thread.is_alive()
+        return stop_thread(self.thread, grace_s)
 
     def interrupted_message(self) -> str:
         """What the user reads after a Ctrl-C: the round kept and how to continue."""
@@ -338,23 +325,8 @@ class FederationServer:
         return name
 
     def exchange(self, grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
-        """Grid.send_and_receive that also ends (with _Stopped) as soon as `interrupt()` is called."""
-        pending = set(grid.push_messages(messages))
-        interval = float(getattr(grid, "pull_interval", 3.0))
-        deadline = time.monotonic() + timeout
-        replies: list[Message] = []
-        while pending:
-            if self.stopping.is_set():
-                raise _Stopped()
-            received = list(grid.pull_messages(pending))
-            replies.extend(received)
-            pending.difference_update(message.metadata.reply_to_message_id for message in received)
-            if not pending or time.monotonic() >= deadline:
-                break
-            self.stopping.wait(min(interval, max(0.0, deadline - time.monotonic())))
-        if self.stopping.is_set():  # replies cut short by the interrupt: the round is not committed
-            raise _Stopped()
-        return replies
+        """Grid.send_and_receive that also ends (with Stopped) as soon as `interrupt()` is called."""
+        return exchange(grid, messages, timeout, self.stopping)
 
     @property
     def result(self) -> FederationResult:
@@ -423,7 +395,7 @@ class FederationServer:
             )
             while self.round < last:
                 if self.stopping.is_set():
-                    raise _Stopped()
+                    raise Stopped()
                 row = self.run_round(grid, strategy, validation, self.round + 1)
                 summary = (
                     f"round {row['round']}: {row['clients']} clients, loss {row['train_loss']:.4f}, "

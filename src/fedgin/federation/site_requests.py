@@ -9,10 +9,9 @@ with the others. Ctrl-C stops it as it stops the rounds (`interrupt`).
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from flwr.app import Message, MessageType, RecordDict
@@ -20,47 +19,9 @@ from flwr.serverapp import Grid
 from rich.console import Console
 
 from fedgin.config import ClientSpec, RunConfig
+from fedgin.federation.messaging import Stopped, exchange, stop_thread
 from fedgin.federation.screening import FederationError, short_reason
 from fedgin.federation.server import NODE_TIMEOUT_S, SiteDirectory
-
-
-class RequestStopped(Exception):
-    """Raised in the request's thread to end it after a Ctrl-C (an Exception, so Flower's ServerApp thread
-    takes it as the app's end instead of printing a traceback)."""
-
-
-def exchange(
-    grid: Grid, messages: Iterable[Message], timeout: float, stopping: threading.Event
-) -> list[Message]:
-    """Grid.send_and_receive that also ends (with RequestStopped) as soon as `stopping` is set."""
-    pending = set(grid.push_messages(messages))
-    interval = float(getattr(grid, "pull_interval", 3.0))
-    deadline = time.monotonic() + timeout
-    replies: list[Message] = []
-    while pending:
-        if stopping.is_set():
-            raise RequestStopped()
-        received = list(grid.pull_messages(pending))
-        replies.extend(received)
-        pending.difference_update(message.metadata.reply_to_message_id for message in received)
-        if not pending or time.monotonic() >= deadline:
-            break
-        stopping.wait(min(interval, max(0.0, deadline - time.monotonic())))
-    if stopping.is_set():
-        raise RequestStopped()
-    return replies
-
-
-def stop_thread(thread: threading.Thread | None, grace_s: float) -> bool:
-    """Wait `grace_s` for `thread` to end, then raise RequestStopped inside it; True once it has ended."""
-    if thread is None or thread is threading.current_thread() or thread.ident is None:
-        return True
-    thread.join(grace_s)
-    if thread.is_alive():
-        stop = ctypes.py_object(RequestStopped)
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), stop)
-        thread.join(2.0)
-    return not thread.is_alive()
 
 
 @dataclass
@@ -102,7 +63,7 @@ class SiteRequests:
         nodes = list(grid.get_node_ids())
         while len(nodes) < wanted and time.monotonic() < deadline:
             if self.stopping.wait(1.0):
-                raise RequestStopped()
+                raise Stopped()
             nodes = list(grid.get_node_ids())
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
         self.directory.learn(nodes, exchange(grid, queries, self.timeout_s, self.stopping))
@@ -140,4 +101,4 @@ class SiteRequests:
         return answers
 
 
-__all__ = ["Answers", "RequestStopped", "SiteRequests", "exchange", "stop_thread"]
+__all__ = ["Answers", "SiteRequests"]

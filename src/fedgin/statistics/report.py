@@ -194,7 +194,7 @@ def _intensity_figure(
     from fedgin.figures import _figure, _save, _tab10
 
     domains = sorted(lines)
-    figure = _figure(4.2 * max(1, len(domains)), 6.4)
+    figure = _figure(6.6 * max(1, len(domains)), 6.4)
     axes = figure.subplots(2, max(1, len(domains)), squeeze=False)
     colours = _tab10()
     for column, domain in enumerate(domains):
@@ -213,9 +213,20 @@ def _intensity_figure(
             axis.set_title(f"{domain}: {feature}", fontsize=9)
             raw_unit = "HU" if domain == "ct" else "scanner units"
             axis.set_xlabel(f"raw intensity ({raw_unit})" if feature == "raw" else "normalised intensity")
-            axis.set_ylabel("density (1 / intensity unit)")
+            axis.set_ylabel("density (1 / intensity unit), log")
             if drawn:
-                axis.legend(fontsize=7)
+                # Log density: the air / background peak would flatten the tissue contrasts otherwise;
+                # x from the pooled p1 to p99 (padded): the sparse tails beyond carry little.
+                axis.set_yscale("log")
+                pooled = merged["pooled"].get(domain, {}).get("intensity", {}).get(feature) or {}
+                low, high = (
+                    (pooled.get("quantiles") or {}).get("p1"),
+                    (pooled.get("quantiles") or {}).get("p99"),
+                )
+                if low is not None and high is not None and high > low:
+                    pad = 0.1 * (high - low)
+                    axis.set_xlim(low - pad, high + pad)
+                axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
             else:
                 axis.text(0.5, 0.5, "no data", ha="center", va="center", transform=axis.transAxes)
     figure.suptitle(title, fontsize=10)
@@ -224,39 +235,41 @@ def _intensity_figure(
 
 
 def _volume_figure(merged: Mapping[str, Any], out: Path) -> Path:
-    """Box plots of organ volumes: rows domains, columns organs, one box per site (from the histogram
-    quantiles: median, p25-p75 box, p5-p95 whiskers)."""
-    from fedgin.figures import _figure, _save
+    """Box plots of organ volumes: one panel per organ, one box per site and domain side by side, coloured
+    by domain (from the histogram quantiles: median, p25-p75 box, p5-p95 whiskers)."""
+    from fedgin.figures import _figure, _save, _tab10
 
-    domains = sorted(merged["pooled"])
-    figure = _figure(2.6 * len(ORGANS), 2.8 * max(1, len(domains)) + 0.4)
-    axes = figure.subplots(max(1, len(domains)), len(ORGANS), squeeze=False)
-    for row, domain in enumerate(domains):
-        sites = [
-            (site, view["domains"][domain])
-            for site, view in merged["sites"].items()
-            if domain in view["domains"]
-        ]
-        for column, organ in enumerate(ORGANS):
-            axis = axes[row, column]
-            stats = []
-            for site, summary in sites:
-                q = summary["volumes"][organ]["quantiles"]
-                if q["p50"] is None:
-                    continue
-                stats.append(
-                    {"label": site, "med": q["p50"], "q1": q["p25"], "q3": q["p75"], "whislo": q["p5"],
-                     "whishi": q["p95"], "fliers": []}
-                )  # fmt: skip
-            if stats:
-                axis.bxp(stats, showfliers=False)
-                axis.set_yscale("log")
-                axis.tick_params(axis="x", labelrotation=30, labelsize=7)
-            else:
-                axis.text(0.5, 0.5, "absent", ha="center", va="center", transform=axis.transAxes)
-            axis.set_title(f"{domain}: {organ}", fontsize=9)
-            if column == 0:
-                axis.set_ylabel("volume (mL)")
+    boxes = [
+        (f"{site}\n{domain}", domain, summary)
+        for site, view in merged["sites"].items()
+        for domain, summary in sorted(view["domains"].items())
+    ]
+    domains = sorted({domain for _, domain, _ in boxes})
+    colours = {domain: _tab10()(index % 10) for index, domain in enumerate(domains)}
+    figure = _figure(max(2.6, 0.55 * len(boxes) + 0.8) * len(ORGANS) / 1.6, 3.6)
+    axes = figure.subplots(1, len(ORGANS), squeeze=False)[0]
+    for axis, organ in zip(axes, ORGANS, strict=True):
+        stats, kept = [], []
+        for label, domain, summary in boxes:
+            q = summary["volumes"][organ]["quantiles"]
+            if q["p50"] is None:
+                continue
+            stats.append(
+                {"label": label, "med": q["p50"], "q1": q["p25"], "q3": q["p75"], "whislo": q["p5"],
+                 "whishi": q["p95"], "fliers": []}
+            )  # fmt: skip
+            kept.append(domain)
+        if stats:
+            drawn = axis.bxp(stats, showfliers=False, patch_artist=True)
+            for patch, domain in zip(drawn["boxes"], kept, strict=True):
+                patch.set_facecolor(colours[domain])
+                patch.set_alpha(0.6)
+            axis.set_yscale("log")
+            axis.tick_params(axis="x", labelrotation=90, labelsize=7)
+        else:
+            axis.text(0.5, 0.5, "absent", ha="center", va="center", transform=axis.transAxes)
+        axis.set_title(organ, fontsize=9)
+    axes[0].set_ylabel("volume (mL)")
     figure.suptitle("Organ volumes per site (box p25-p75, whiskers p5-p95)", fontsize=10)
     figure.tight_layout()
     return _save(figure, out)

@@ -305,8 +305,12 @@ class _Protector:
         self.noise_epsilon = noise_epsilon
         self.rng = rng
         self.suppressed = 0
+        self.withhold_all = False
 
     def count(self, value: int) -> int:
+        if self.withhold_all and value > 0:  # a group of fewer than min_count cases: nothing of it
+            self.suppressed += 1
+            return 0
         value = self._suppress(int(value))
         if self.noise_epsilon is not None:
             noisy = value + self.rng.laplace(0.0, 1.0 / self.noise_epsilon)
@@ -326,6 +330,9 @@ class _Protector:
 
     def group(self, group: dict[str, Any]) -> dict[str, Any]:
         self.suppressed = 0
+        # Its histograms would be those of one or two patients (a rare protocol): the group is sent empty
+        # (its cases still count in their domain's group).
+        self.withhold_all = 0 < group["n_cases"] < self.min_count
         for name in ("n_cases", "n_slices", "raw_missing"):
             group[name] = self.count(group[name])
         group["splits"] = {split: self.count(n) for split, n in group["splits"].items()}

@@ -100,6 +100,9 @@ class StudyConfig(Settings):
         description="TensorBoard: every run logs into <tensorboard>/seed<S>[/<point>]/<run> (not part of a "
         "run's identity; a resumed study may add or drop it).",
     )
+    stats: bool = Field(
+        True, description="Federated statistics of the sites' data before training (<study>/stats)."
+    )
     cross_site: bool = Field(
         True,
         description="Evaluate FedGIN, FL w/o GIN and every local model on every site's held-out (test) cases "

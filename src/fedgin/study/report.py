@@ -515,6 +515,10 @@ def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
         "## Methods and budget\n",
         budget_table(runs, config),
     ]
+    if config.stats:
+        from fedgin.study.site_data import statistics_section
+
+        text += statistics_section(config)
     if fed.privacy is not None and (table := privacy_table(runs)):
         text += [
             "## Differential privacy of the federated runs\n",

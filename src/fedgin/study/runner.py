@@ -104,7 +104,7 @@ def _check_output(config: StudyConfig, resume: bool, overwrite: bool) -> None:
         before = StudyConfig.model_validate(before).model_dump(mode="json", exclude_none=True)
     now = config.model_dump(mode="json", exclude_none=True)
     # Where runs log their curves (tracking) and whether the matrix is made (cross_site) change no result.
-    for key in ("tracking", "cross_site"):
+    for key in ("tracking", "cross_site", "stats"):
         before.pop(key, None)
         now.pop(key, None)
     if before != now:
@@ -193,6 +193,7 @@ def run_study(
     """Run (or continue) every run of the study, then write report.md and its figures."""
     from fedgin.study.cross_site import run_cross_site_evaluations
     from fedgin.study.report import write_report
+    from fedgin.study.site_data import run_site_statistics
 
     console = console or Console()
     started = time.perf_counter()
@@ -202,6 +203,8 @@ def run_study(
     prepare_sources(config, console)
     prepared = time.perf_counter()
     _check_data(config, resume)
+    if config.stats:
+        run_site_statistics(config, console, resume)
     runs = plan_study(config)
     todo = unique_runs(runs)
     budget = ", ".join(map(str, sorted({run.budget_steps for run in runs if run.site is None})))
