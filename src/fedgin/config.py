@@ -479,6 +479,11 @@ class FederationConfig(Settings):
         1e-3, gt=0.0, description="fedadam, fedyogi: the adaptivity tau added to sqrt(v) (Reddi et al.)."
     )
     fedbn: bool = Field(False, description="Normalisation-layer weights stay on the sites (FedBN).")
+    weighting: Literal["examples", "uniform", "modality_balanced"] = Field(
+        "examples",
+        description="How sites weigh in the average: by training examples (FedAvg), equally, or each "
+        "modality an equal share split by examples (fedgin.federation.weighting).",
+    )
     min_clients: int = Field(2, ge=1, description="A round needs at least this many valid replies.")
     client_validation: bool = Field(
         True, description="Each site reports the Dice of its trained model on its own val cases, per domain."
@@ -544,6 +549,19 @@ class FederationConfig(Settings):
                 f"min_clients - num_malicious = {self.min_clients - f} updates a round is sure to have"
             )
 
+        if self.weighting != "examples":
+            averaging = {"fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm"}
+            if self.strategy not in averaging:
+                raise ConfigError(
+                    f"federation.weighting = {self.weighting!r} has no effect on {self.strategy}, which "
+                    "selects or takes medians instead of averaging (use one of "
+                    f"{', '.join(sorted(averaging))})"
+                )
+            if self.privacy is not None or self.secagg is not None:
+                raise ConfigError(
+                    f"federation.weighting = {self.weighting!r} with differential privacy or SecAgg+: both "
+                    'need every site to weigh the same (keep weighting = "examples")'
+                )
         if self.privacy is not None:
             from fedgin.federation.privacy import check_privacy
 

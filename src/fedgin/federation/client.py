@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedgin.config import ClientSpec, DataConfig, RunConfig
+from fedgin.config import ClientSpec, DataConfig, Modality, RunConfig
 from fedgin.errors import ConfigError
 from fedgin.federation import protocol
 from fedgin.federation.faults import poison_update, shuffle_labels
@@ -167,6 +168,7 @@ def _train(content: RecordDict, context: Context, config: RunConfig, spec: Clien
     local = client_run_config(config, spec, server_round)
 
     train_set = build_train_slices(local)
+    per_modality = modality_examples(train_set)
     fault = federation.fault
     poisoned = fault is not None and fault.site == spec.name
     if poisoned and fault.mode == "shuffled_labels":
@@ -214,6 +216,7 @@ def _train(content: RecordDict, context: Context, config: RunConfig, spec: Clien
                     protocol.TRAIN_LOSS: stats.mean_loss,
                     protocol.STEPS: stats.steps,
                     protocol.SECONDS: stats.seconds,
+                    **{f"{protocol.EXAMPLES_PREFIX}{m}": count for m, count in per_modality.items()},
                     **privacy_metrics,
                 }
             ),
@@ -221,6 +224,17 @@ def _train(content: RecordDict, context: Context, config: RunConfig, spec: Clien
         }
     )
     return reply
+
+
+def modality_examples(train_set: object) -> dict[str, int]:
+    """Training examples (slices) of each modality in a site's training set (SliceDataset or PatchSampler);
+    every modality is named, 0 where the site has none (Flower aggregates only replies whose MetricRecords
+    have the same keys)."""
+    counts: dict[str, int] = dict.fromkeys(get_args(Modality), 0)
+    for case in train_set.cases:  # type: ignore[attr-defined]
+        entry = case.entry if hasattr(case, "entry") else case[1]
+        counts[entry.modality] = counts.get(entry.modality, 0) + entry.n_slices
+    return counts
 
 
 def identify(message: Message, context: Context) -> Message:

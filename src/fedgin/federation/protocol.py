@@ -70,6 +70,11 @@ SECONDS = "seconds"
 #: Under DP, FedAvg's weight instead of NUM_EXAMPLES: 1 for every site (equal weights bound a site's
 #: influence on the mean by clipping_norm / sites).
 UNIT_WEIGHT = "dp-unit-weight"
+#: The site's training examples of one modality: EXAMPLES_PREFIX + modality ("num-examples-ct"), for
+#: `federation.weighting = "modality_balanced"`.
+EXAMPLES_PREFIX = "num-examples-"
+#: The weight the server gives a reply under a `federation.weighting` other than examples (set on the server).
+AGGREGATION_WEIGHT = "aggregation-weight"
 #: Flower's client-side adaptive clipping: 1.0 when the site's update was clipped.
 NORM_BIT = "norm_bit"
 

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid
 
 from fedgin.errors import FedginError
 from fedgin.federation import protocol
+from fedgin.federation.weighting import site_weights
 from fedgin.federation.weights import content_bytes, screen, to_float32, update_norm
 
 logger = logging.getLogger("fedgin.federation")
@@ -69,10 +70,19 @@ class ScreeningMixin:
     arrayrecord_key: str
 
     def __init__(
-        self, *args: Any, local_keys: Iterable[str] = (), node_timeout_s: float = 120.0, **kwargs: Any
+        self,
+        *args: Any,
+        local_keys: Iterable[str] = (),
+        node_timeout_s: float = 120.0,
+        weighting: str = "examples",
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.local_keys = set(local_keys)
+        #: federation.weighting; and the weight each accepted site got in the last aggregation (site name ->
+        #: weight, summing to 1) when it is not `examples`.
+        self.weighting = weighting
+        self.round_weights: dict[str, float] = {}
         self.node_timeout_s = node_timeout_s
         self.reference: ArrayRecord | None = None
         #: The nodes this round's train messages went to.
@@ -177,4 +187,32 @@ class ScreeningMixin:
                 self.min_train_nodes,
             )
             return None, None
-        return super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        if self.weighting == "examples":
+            return super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        return self._aggregate_reweighted(server_round, accepted)
+
+    def _aggregate_reweighted(
+        self, server_round: int, accepted: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's aggregation with each accepted reply weighted by `site_weights` (federation.weighting),
+        computed over this round's accepted replies; the screening keeps using weighted_by_key."""
+        records = {}
+        for message in accepted:
+            name = str(message.content[protocol.SITE][protocol.SITE_NAME])
+            records[name] = next(iter(message.content.metric_records.values()))
+        examples = {}
+        for name, record in records.items():
+            counts = {
+                key.removeprefix(protocol.EXAMPLES_PREFIX): float(value)
+                for key, value in record.items()
+                if key.startswith(protocol.EXAMPLES_PREFIX)
+            }
+            examples[name] = counts or {"unknown": float(record[self.weighted_by_key])}
+        self.round_weights = site_weights(examples, self.weighting)
+        for name, record in records.items():
+            record[protocol.AGGREGATION_WEIGHT] = self.round_weights[name]
+        screened_by, self.weighted_by_key = self.weighted_by_key, protocol.AGGREGATION_WEIGHT
+        try:
+            return super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        finally:
+            self.weighted_by_key = screened_by

@@ -93,7 +93,11 @@ def build_strategy(
         "arrayrecord_key": protocol.ARRAYS,
         "configrecord_key": protocol.CONFIG,
     }
-    screening = {"local_keys": local_keys, "node_timeout_s": min(NODE_TIMEOUT_S, federation.round_timeout_s)}
+    screening = {
+        "local_keys": local_keys,
+        "node_timeout_s": min(NODE_TIMEOUT_S, federation.round_timeout_s),
+        "weighting": federation.weighting,
+    }
     if federation.privacy is not None:
         equal = {**flower, "weighted_by_key": UNIT_WEIGHT}
         inner = (
@@ -518,6 +522,8 @@ class FederationServer:
             row[f"loss_{report.name}"] = round(metrics[protocol.TRAIN_LOSS], 5)
             row[f"examples_{report.name}"] = int(metrics[protocol.NUM_EXAMPLES])
             row[f"train_seconds_{report.name}"] = round(float(metrics.get(protocol.SECONDS, math.nan)), 3)
+            if report.name in strategy.round_weights:  # federation.weighting other than examples
+                row[f"weight_{report.name}"] = float(f"{strategy.round_weights[report.name]:.6g}")
             if not math.isnan(report.update_norm):  # SecAgg+ hides each site's update
                 row[f"update_norm_{report.name}"] = float(f"{report.update_norm:.5g}")
             for domain, value in report.validation.items():  # the site's own validation cases
