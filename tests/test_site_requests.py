@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 
 from fedgin.config import DataSpec, RunConfig, StatsConfig, dump_toml
@@ -135,9 +136,13 @@ def test_cross_site_matrix_equals_fedgin_evaluate(
 
 
 def test_a_site_shares_per_case_rows_only_when_its_node_config_allows(
-    caches: dict[str, Path], models: dict[str, Path]
+    caches: dict[str, Path], models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The site answers with summaries; case ids come back only with `share-case-results=true`."""
+    # A message made outside a Flower run needs the run's identity (set by a simulation run before, if any).
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
     model = Model.from_checkpoint("ct_model", models["ct_model"])
     spec = site_config(caches, Path("unused")).federation.clients[2]
     content = RecordDict(

@@ -58,6 +58,7 @@ __all__ = [
     "EvaluationResult",
     "evaluate_checkpoint",
     "evaluate_folders",
+    "json_safe",
     "keep_best_slices",
     "model_predictor",
     "score_cached_cases",
@@ -171,17 +172,18 @@ def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """`value` with NaN/inf as None, paths as strings and numpy scalars as Python ones (for JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, np.generic):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
 
 
@@ -233,7 +235,7 @@ def _write_outputs(
         },
         "summary": summary,
     }
-    atomic_write_json(result.summary_json, _json_safe(document))
+    atomic_write_json(result.summary_json, json_safe(document))
     return result
 
 

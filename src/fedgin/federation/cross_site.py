@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +75,7 @@ def held_out_cases(spec: ClientSpec, split: str) -> list:
 def site_reply(message: Message, context: Context) -> Message:
     """The ClientApp's answer: one model's summary on this site's held-out cases (its own caches, from the
     node config's `cache` as for training)."""
-    from fedgin.evaluation.evaluate import model_predictor, score_cached_cases, summary_rows
+    from fedgin.evaluation.evaluate import json_safe, model_predictor, score_cached_cases, summary_rows
     from fedgin.federation.client import local_caches
     from fedgin.model import build_unet, resolve_device
 
@@ -96,23 +95,12 @@ def site_reply(message: Message, context: Context) -> Message:
         model.to(device).eval()
         predict = model_predictor(model, model_config, device, amp=device.type == "cuda", batch_size=32)
         rows, _ = score_cached_cases(predict, selected, progress=False)
-        record = {SUMMARY: json.dumps(_finite(summary_rows(rows))), N_CASES: len(selected)}
+        record = {SUMMARY: json.dumps(json_safe(summary_rows(rows))), N_CASES: len(selected)}
         if bool(context.node_config.get(NODE_SHARE_CASES, False)):
-            record[CASES] = json.dumps(_finite(rows))
+            record[CASES] = json.dumps(json_safe(rows))
     except Exception as error:
         raise RuntimeError(f"client {spec.name}: {type(error).__name__}: {error}") from error
     return Message(RecordDict({REPLY: ConfigRecord(record)}), reply_to=message)
-
-
-def _finite(rows: list[dict]) -> list[dict]:
-    """JSON-safe rows (NaN as None)."""
-    return [
-        {
-            key: (None if isinstance(value, float) and not math.isfinite(value) else value)
-            for key, value in row.items()
-        }
-        for row in rows
-    ]
 
 
 @dataclass
