@@ -288,6 +288,26 @@ class GINConfig(Settings):
         strict=False,
     )
     shared_network: bool = Field(False, description="The authors' variant: one network for the batch.")
+    ipa: bool = Field(
+        False,
+        description="GIN-IPA (Ouyang et al. 2022, fedgin.augment.ipa): three GIN views per sample, two of "
+        "them blended through a random smooth mask and its complement; the segmentation loss on the "
+        "blended view, plus `consistency_weight` x KL between each view's prediction and their mean. "
+        "Costs three forward and backward passes a step.",
+    )
+    ipa_grid: int = Field(
+        4, ge=1, description="IPA mask: control-point intervals across the image per axis (authors: 1/4)."
+    )
+    ipa_downscale: int = Field(
+        2, ge=1, description="IPA mask: the B-spline field is made at 1/downscale resolution, then upsampled."
+    )
+    ipa_order: int = Field(2, ge=1, le=3, description="IPA mask: B-spline order (authors: 2, quadratic).")
+    consistency_weight: float = Field(
+        10.0,
+        ge=0.0,
+        description="IPA: weight of the KL consistency term, averaged over every element as the authors' "
+        "torch.nn.KLDivLoss() does (their weight: 10).",
+    )
 
     @field_validator("kernel_sizes")
     @classmethod

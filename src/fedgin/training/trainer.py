@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedgin.augment import RandAffine, RandGIN
+from fedgin.augment import RandAffine, RandGIN, RandIPA
 from fedgin.config import RunConfig
 from fedgin.evaluation.inference import autocast_context
 from fedgin.model import build_loss, build_unet, resolve_amp, resolve_device
@@ -22,6 +22,7 @@ from fedgin.patches import PatchSampler
 from fedgin.runs import Best, RunDirectory, RunState
 from fedgin.slices import ForegroundBatchSampler, SliceDataset
 from fedgin.tracking import Tracker
+from fedgin.training.consistency import consistency_loss
 from fedgin.training.data import ValidationSet, build_train_slices, build_validation_set
 from fedgin.training.schedule import learning_rate
 from fedgin.training.seeding import derive_seed, rng_state, seed_everything, set_rng_state, torch_generator
@@ -40,10 +41,15 @@ class StepStats:
     seconds: float = 0.0
     data_seconds: float = 0.0
     gin_seconds: float = 0.0
+    consistency_sum: float = 0.0  # GIN-IPA's consistency term (weighted), part of loss_sum
 
     @property
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.steps, 1)
+
+    @property
+    def mean_consistency(self) -> float:
+        return self.consistency_sum / max(self.steps, 1)
 
     @property
     def slices_per_second(self) -> float:
@@ -90,6 +96,12 @@ class LocalTrainer:
                 shared_network=gin.shared_network,
             )
             if gin.enabled
+            else None
+        )
+        # GIN-IPA: the three views of every sample go through the model together (3 x the batch).
+        self.ipa = (
+            RandIPA(self.gin, grid=gin.ipa_grid, downscale=gin.ipa_downscale, order=gin.ipa_order)
+            if self.gin is not None and gin.ipa
             else None
         )
         affine = config.affine
@@ -175,16 +187,26 @@ class LocalTrainer:
                     image, label, generator=torch_generator(self.config.seed, "affine", self.step)
                 )
             loaded = time.perf_counter()
-            if self.gin is not None:
+            samples = int(image.shape[0])
+            if self.ipa is not None:
+                views = self.ipa(image, generator=torch_generator(self.config.seed, "gin", self.step))
+                image = views.stacked()
+            elif self.gin is not None:
                 image = self.gin(image, generator=torch_generator(self.config.seed, "gin", self.step))
             augmented = time.perf_counter()
             torch.manual_seed(derive_seed(self.config.seed, "step", self.step))
             self.lr = self.learning_rate(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr
+            consistency = None
             with autocast_context(self.device, self.amp):
                 logits = self.model(image)
-                loss = self.loss_fn(logits.float(), label)
+                if self.ipa is None:
+                    loss = self.loss_fn(logits.float(), label)
+                else:  # segmentation on the blended view, consistency over all three (Ouyang et al.)
+                    loss = self.loss_fn(logits[:samples].float(), label)
+                    consistency = self.config.gin.consistency_weight * consistency_loss(logits.chunk(3))
+                    loss = loss + consistency
             if extra_loss is not None:
                 loss = loss + extra_loss(self.model)
             if not torch.isfinite(loss):
@@ -199,7 +221,9 @@ class LocalTrainer:
             finished = time.perf_counter()
             stats.steps += 1
             stats.loss_sum += float(loss.detach())
-            stats.slices += int(image.shape[0])
+            if consistency is not None:
+                stats.consistency_sum += float(consistency.detach())
+            stats.slices += samples  # training slices drawn, not the IPA views made of them
             stats.seconds += finished - started
             stats.data_seconds += loaded - started
             stats.gin_seconds += augmented - loaded
@@ -277,7 +301,8 @@ def run_training(
         console.print(f"resuming {run_dir} at step {trainer.step}")
     console.print(
         f"[bold]{config.name}[/]: {len(train_set)} training slices from {train_set.num_cases} cases, "
-        f"GIN {'on' if trainer.gin else 'off'}, device {trainer.device}, amp {trainer.amp}"
+        f"GIN {'off' if trainer.gin is None else 'with IPA' if trainer.ipa else 'on'}, "
+        f"device {trainer.device}, amp {trainer.amp}"
     )
 
     # An epoch is one pass over the training slices (in batches of batch_size); steps count otherwise.
@@ -316,6 +341,8 @@ def run_training(
                 "gin_share": round(stats.gin_seconds / max(stats.seconds, 1e-9), 4),
                 "train_seconds": round(stats.seconds, 3),
             }
+            if trainer.ipa is not None:
+                row["consistency"] = round(stats.mean_consistency, 5)
             if trainer.step % interval == 0 or trainer.step == total:
                 validating = time.perf_counter()
                 columns, score = validation.record(trainer.model, trainer.device, trainer.amp, config.model)
