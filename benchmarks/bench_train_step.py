@@ -3,8 +3,11 @@
 Per repetition, on the same batch: GIN with per-sample networks (the default), GIN with one network for the
 batch (`gin.shared_network`), MONAI's RandHistogramShift and RandBiasField (per sample, as a data pipeline
 applies them), then the optimizer step itself (forward, Dice + CE loss, backward, AdamW). Each augmentation's
-share is its time over (its time + the step's): what it adds to a step of training. Medians of the
-repetitions; all figures of a configuration come from the same run, side by side.
+share is its time over (its time + the step's): what it adds to a step of training. GIN-IPA (`gin.ipa`) is
+measured in the same repetitions: its augmentation (three GIN draws and the blend mask) and its step (the
+three views as one batch of 3B, segmentation loss on the blended view plus the consistency term), whose ratio
+to the plain step is what IPA costs a run. Medians of the repetitions; all figures of a configuration come
+from the same run, side by side.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import torch
 from monai.transforms import RandBiasField, RandHistogramShift
 
 from common import load_average, machine_info, median
-from fedgin.augment import RandGIN
+from fedgin.augment import RandGIN, RandIPA
 from fedgin.config import ModelConfig
 from fedgin.evaluation.inference import autocast_context
 from fedgin.model import build_loss, build_unet, count_parameters, resolve_device
+from fedgin.training.consistency import consistency_loss
 
 #: The augmentations compared, in the order they run in each repetition.
-AUGMENTATIONS = ("gin", "gin_shared", "hist_shift", "bias_field")
+AUGMENTATIONS = ("gin", "gin_shared", "hist_shift", "bias_field", "ipa")
 
 
 def sync(device: torch.device) -> None:
@@ -33,6 +37,7 @@ def sync(device: torch.device) -> None:
 
 def augmenters(seed: int = 0) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     gin, shared = RandGIN(), RandGIN(shared_network=True)
+    ipa = RandIPA(RandGIN())
     generator = torch.Generator().manual_seed(seed)
     hist = RandHistogramShift(num_control_points=10, prob=1.0)
     bias = RandBiasField(degree=3, coeff_range=(0.0, 0.1), prob=1.0)
@@ -47,6 +52,7 @@ def augmenters(seed: int = 0) -> dict[str, Callable[[torch.Tensor], torch.Tensor
         "gin_shared": lambda batch: shared(batch, generator=generator),
         "hist_shift": per_sample(hist),
         "bias_field": per_sample(bias),
+        "ipa": lambda batch: ipa(batch, generator=generator).stacked(),
     }
 
 
@@ -64,7 +70,7 @@ def measure(
     spatial = (size,) * dimensions
     image = torch.randn(batch, 1, *spatial, device=device)
     label = torch.randint(0, 6, (batch, 1, *spatial), device=device)
-    times: dict[str, list[float]] = {name: [] for name in (*AUGMENTATIONS, "step")}
+    times: dict[str, list[float]] = {name: [] for name in (*AUGMENTATIONS, "step", "ipa_step")}
     for index in range(repeats + warmup):  # the first repetitions warm up allocators and kernels
         augmented = image
         for name in AUGMENTATIONS:
@@ -76,6 +82,8 @@ def measure(
                 times[name].append(time.perf_counter() - started)
             if name == "gin":
                 augmented = out
+            if name == "ipa":
+                views = out
         sync(device)
         started = time.perf_counter()
         with autocast_context(device, amp):
@@ -86,7 +94,18 @@ def measure(
         sync(device)
         if index >= warmup:
             times["step"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        with autocast_context(device, amp):
+            logits = model(views)
+            loss = loss_fn(logits[:batch].float(), label) + 10.0 * consistency_loss(logits.chunk(3))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync(device)
+        if index >= warmup:
+            times["ipa_step"].append(time.perf_counter() - started)
     step = median(times["step"])
+    ipa_step = median(times["ipa_step"])
     result: dict[str, float] = {
         "dimensions": dimensions,
         "size": size,
@@ -95,11 +114,14 @@ def measure(
         "parameters": count_parameters(model),
         "step_ms": round(step * 1e3, 2),
         "slices_per_s": round(batch / step, 1),
+        "ipa_step_ms": round(ipa_step * 1e3, 2),
+        "ipa_step_ratio": round((ipa_step + median(times["ipa"])) / (step + median(times["gin"])), 3),
     }
     for name in AUGMENTATIONS:
         aug = median(times[name])
         result[f"{name}_ms"] = round(aug * 1e3, 3)
-        result[f"{name}_share"] = round(aug / (aug + step), 4)
+        # IPA's share is of the step it feeds (three views), the others' of the plain step.
+        result[f"{name}_share"] = round(aug / (aug + (ipa_step if name == "ipa" else step)), 4)
     return result
 
 
@@ -137,6 +159,12 @@ def print_table(results: list[dict]) -> None:
             f"{config:>16} {r['step_ms']:>8.1f} "
             + " ".join(f"{r[f'{name}_ms']:>14.2f} {r[f'{name}_share']:>6.1%}" for name in AUGMENTATIONS)
             + f" {r['slices_per_s']:>9.1f}"
+        )
+    for r in results:
+        config = f"{r['dimensions']}D b{r['batch']} {r['size']}^{r['dimensions']}"
+        print(
+            f"{config:>16} GIN-IPA: step {r['ipa_step_ms']:.1f} ms, augmentation {r['ipa_ms']:.2f} ms "
+            f"({r['ipa_share']:.1%}); augmentation + step {r['ipa_step_ratio']:.2f}x GIN's"
         )
 
 

@@ -152,6 +152,16 @@ def table_rows(results: dict) -> list[tuple[str, ...]]:
             verdict(entry["gin_share"] < 0.03) if gin_target else "",
             load(entry),
         )
+        if "ipa_ms" in entry:
+            out.add_row(
+                "",
+                f"{config}: GIN-IPA (3 views, consistency term)",
+                f"augmentation {entry['ipa_ms']:.2f} ms {pct(entry['ipa_share'])} of its "
+                f"{entry['ipa_step_ms']:.1f} ms step; with it {entry['ipa_step_ratio']:.2f}x GIN's step",
+                "(issue 18)",
+                "",
+                "",
+            )
         out.add_row(
             "",
             f"{config}: MONAI RandHistogramShift / RandBiasField",

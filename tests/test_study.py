@@ -250,3 +250,61 @@ def test_resume_accepts_a_study_recorded_before_new_settings_existed(
     (config.output / "study.toml").write_text(tomli_w.dumps(recorded))
     with pytest.raises(ConfigError, match=r"other settings \(seeds differ\)"):
         _check_output(config, resume=True, overwrite=False)
+
+
+def test_the_extensions_of_fedgin_plan_ipa_and_balanced_weights(
+    caches: dict[str, Path], tmp_path: Path
+) -> None:
+    config = study_config(
+        caches, tmp_path / "ext", scenario="limited", ratios=["1:0", "1:1"], limited_mri_cases=1,
+        methods=["fl_no_gin", "fedgin", "fedgin_balanced", "fedgin_ipa", "fedgin_ipa_balanced"],
+    )  # fmt: skip
+    runs = {(run.point, run.method): run for run in plan_study(config)}
+    for point in ("1:0", "1:1"):
+        assert (
+            not runs[(point, "fedgin")].config.gin.ipa and not runs[(point, "fl_no_gin")].config.gin.enabled
+        )
+        assert (
+            runs[(point, "fedgin_ipa")].config.gin.ipa and runs[(point, "fedgin_ipa_balanced")].config.gin.ipa
+        )
+    weighting = {key: run.config.federation.weighting for key, run in runs.items()}
+    assert (
+        weighting[("1:1", "fedgin_balanced")]
+        == weighting[("1:1", "fedgin_ipa_balanced")]
+        == "modality_balanced"
+    )
+    assert weighting[("1:1", "fedgin")] == weighting[("1:1", "fedgin_ipa")] == "examples"
+    # At 1:0 only the MRI site takes part: balancing changes nothing, so each balanced run is its twin.
+    assert runs[("1:0", "fedgin_balanced")].identity == runs[("1:0", "fedgin")].identity
+    assert runs[("1:0", "fedgin_ipa_balanced")].identity == runs[("1:0", "fedgin_ipa")].identity
+    assert runs[("1:1", "fedgin_balanced")].identity != runs[("1:1", "fedgin")].identity
+    # The paper's methods stay a study's default.
+    settings = config.model_dump()
+    del settings["methods"]
+    assert StudyConfig.model_validate(settings).methods == [
+        "local", "ct_only", "mri_only", "fl_no_gin", "fedgin", "centralized", "centralized_gin"
+    ]  # fmt: skip
+
+
+def test_a_resumed_study_adds_methods_and_reports_them_against_fedgin(
+    caches: dict[str, Path], tmp_path: Path
+) -> None:
+    config = study_config(
+        caches, tmp_path / "study", scenario="limited", ratios=["1:0", "1:1"], limited_mri_cases=1,
+        methods=["fedgin"], stats=False, cross_site=False,
+    )  # fmt: skip
+    run_study(config, console=Console(file=io.StringIO()))
+    fedgin_run = config.output / "runs" / "seed7" / "1-1" / "fedgin"
+    done_before = (fedgin_run / "done.json").read_text()
+    config.methods = ["fedgin", "fedgin_ipa_balanced"]
+    log = io.StringIO()
+    run_study(config, resume=True, console=Console(file=log, width=200))
+    assert "FedGIN done before" in log.getvalue()
+    assert (fedgin_run / "done.json").read_text() == done_before  # not trained again
+    balanced = config.output / "runs" / "seed7" / "1-1" / "fedgin_ipa_balanced"
+    with open(balanced / "rounds.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert {"weight_site_ct", "weight_site_mri"} <= set(header)
+    report = (config.output / "report.md").read_text(encoding="utf-8")
+    assert "| FedGIN+IPA, modality-balanced vs FedGIN | 1:1, MRI | – (not in the paper) |" in report
+    assert (config.output / "figures" / "dice_vs_ratio.png").stat().st_size > 20000

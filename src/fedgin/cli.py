@@ -878,6 +878,10 @@ def study_command(
         Path | None, typer.Option("--out", "-o", help="Study folder (overrides `output`).")
     ] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (overrides `seeds`).")] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated methods (overrides `methods`; --resume may add or drop some)."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue a study: finished runs are kept.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing study folder first.")] = False,
     report_only: Annotated[
@@ -903,6 +907,8 @@ def study_command(
         settings.output = output
     if seeds is not None:
         settings.seeds = [int(seed) for seed in seeds.split(",") if seed.strip()]
+    if methods is not None:
+        settings.methods = [method.strip() for method in methods.split(",") if method.strip()]
     if tensorboard is not None:
         settings.tracking.tensorboard = tensorboard
     if report_only:

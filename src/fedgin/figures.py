@@ -338,13 +338,35 @@ def plot_dice_per_organ(
 
 
 def plot_dice_vs_ratio(
-    stats: Mapping, labels: Sequence[str], points: Sequence[str], test: str, out: Path
+    stats: Mapping,
+    labels: Sequence[str],
+    points: Sequence[str],
+    test: str,
+    out: Path,
+    side_by_side: Sequence[str] = (),
 ) -> Path:
-    """Limited scenario: test Dice (mean over organs) against the MRI:CT ratio, one line per method."""
+    """Limited scenario: test Dice (mean over organs) against the MRI:CT ratio, one line per method; with
+    `side_by_side` (two or more of the labels, the federations) a second panel has their bars next to
+    each other at every ratio, ± std over seeds."""
     from fedgin.evaluation.results import MEAN_ROW
 
-    figure = _figure(6.5, 4.2)
-    ax = figure.subplots()
+    bars = len(side_by_side) > 1
+    figure = _figure(12.5 if bars else 6.5, 4.2)
+    ax, *rest = figure.subplots(1, 2 if bars else 1, squeeze=False)[0]
+    if bars:
+        right = rest[0]
+        width = 0.8 / len(side_by_side)
+        for index, label in enumerate(side_by_side):
+            values = [stats.get((point, label, test, MEAN_ROW), (math.nan, math.nan, 0)) for point in points]
+            offsets = [x - 0.4 + width * (index + 0.5) for x in range(len(points))]
+            errors = [0.0 if math.isnan(v[1]) else v[1] for v in values]
+            right.bar(offsets, [v[0] for v in values], width, yerr=errors, capsize=2, label=label)
+        right.set_xticks(range(len(points)), points)
+        right.set_xlabel("MRI : CT training cases")
+        right.set_ylabel(f"{test} test Dice (mean over organs)")
+        right.set_title("the federations side by side")
+        right.grid(alpha=0.3, axis="y")
+        right.legend(fontsize=8)
     for label in labels:
         values = [stats.get((point, label, test, MEAN_ROW), (math.nan, math.nan, 0)) for point in points]
         means = [v[0] for v in values]

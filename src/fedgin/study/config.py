@@ -23,7 +23,18 @@ from fedgin.config import (
 )
 from fedgin.errors import ConfigError
 
-Method = Literal["local", "ct_only", "mri_only", "fl_no_gin", "fedgin", "centralized", "centralized_gin"]
+Method = Literal[
+    "local",
+    "ct_only",
+    "mri_only",
+    "fl_no_gin",
+    "fedgin",
+    "centralized",
+    "centralized_gin",
+    "fedgin_balanced",
+    "fedgin_ipa",
+    "fedgin_ipa_balanced",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,8 @@ class MethodInfo:
     gin: bool
     data: Literal["site", "ct", "mri", "all"]
     description: str
+    ipa: bool = False  # GIN with IPA and the consistency term (gin.ipa)
+    weighting: Literal["examples", "modality_balanced"] = "examples"  # federation.weighting
 
 
 #: The methods of the FedGIN study (SPEC section 3), in the order the report lists them.
@@ -46,7 +59,23 @@ METHODS: dict[str, MethodInfo] = {
     "fedgin": MethodInfo("FedGIN", True, True, "all", "FedAvg over the sites, GIN on every batch"),
     "centralized": MethodInfo("Centralized", False, False, "all", "all data pooled, no GIN"),
     "centralized_gin": MethodInfo("Centralized GIN", False, True, "all", "all data pooled, GIN on"),
-}
+    # Beyond the paper (issue 18): GIN as Ouyang et al. use it, and FedAvg weights that do not let the
+    # modality with more slices dominate.
+    "fedgin_balanced": MethodInfo(
+        "FedGIN, modality-balanced", True, True, "all",
+        "FedGIN, each modality half of the average", weighting="modality_balanced",
+    ),
+    "fedgin_ipa": MethodInfo(
+        "FedGIN+IPA", True, True, "all", "FedGIN with IPA blending and the consistency loss", ipa=True
+    ),
+    "fedgin_ipa_balanced": MethodInfo(
+        "FedGIN+IPA, modality-balanced", True, True, "all",
+        "FedGIN+IPA, each modality half of the average", ipa=True, weighting="modality_balanced",
+    ),
+}  # fmt: skip
+
+#: The methods of the paper, a study's default.
+PAPER_METHODS = ["local", "ct_only", "mri_only", "fl_no_gin", "fedgin", "centralized", "centralized_gin"]
 
 #: MRI:CT ratios of the limited-data scenario (cases), as in the paper.
 PAPER_RATIOS = ["1:0", "1:1", "1:2", "1:5", "all"]
@@ -76,7 +105,7 @@ class StudyConfig(Settings):
     output: Path = Field(Path("runs/study"), strict=False)
     scenario: Literal["complete", "limited"] = "complete"
     seeds: list[int] = Field(default_factory=lambda: [42, 123, 215], min_length=1)
-    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
+    methods: list[Method] = Field(default_factory=lambda: list(PAPER_METHODS))
     ratios: list[str] = Field(default_factory=lambda: list(PAPER_RATIOS))
     limited_mri_cases: int = Field(
         4, ge=1, description="Limited scenario: MRI training cases of the whole federation (sites in order)."

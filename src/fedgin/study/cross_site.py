@@ -1,4 +1,4 @@
-"""The study's cross-site evaluation: FedGIN, FL w/o GIN and every local model on every site's held-out
+"""The study's cross-site evaluation: every federated model and every local model on every site's held-out
 cases, on Flower (fedgin.federation.cross_site), once per seed and scenario point.
 
 Each local model scored at the other sites shows what federation buys each hospital: a site's own model
@@ -18,7 +18,7 @@ from fedgin.study.config import StudyConfig
 from fedgin.study.plan import PlannedRun, trained_dir
 
 #: The methods whose models the study evaluates across sites.
-CROSS_SITE_METHODS = ("fedgin", "fl_no_gin", "local")
+CROSS_SITE_METHODS = ("fedgin", "fl_no_gin", "fedgin_balanced", "fedgin_ipa", "fedgin_ipa_balanced", "local")
 CROSS_SITE_DIR = "cross_site"
 
 

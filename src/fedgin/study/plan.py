@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedgin.config import ClientSpec, DataConfig, DataSpec, RunConfig, TrackingConfig
 from fedgin.errors import ConfigError
-from fedgin.study.config import METHODS, StudyConfig, StudySite, parse_ratio
+from fedgin.study.config import METHODS, MethodInfo, StudyConfig, StudySite, parse_ratio
 from fedgin.training.data import select_cases
 
 
@@ -104,10 +104,11 @@ def _run_config(
     output: Path,
     train: list[DataSpec],
     steps: int,
-    gin: bool,
+    method: MethodInfo,
     **federation: object,
 ) -> RunConfig:
-    """A run of the study: the shared recipe with this run's data, seed, budget and GIN switch."""
+    """A run of the study: the shared recipe with this run's data, seed, budget and the method's GIN
+    (on or off, with or without IPA)."""
     return RunConfig(
         name=f"{study.name}/{output.name}",
         seed=seed,
@@ -115,7 +116,7 @@ def _run_config(
         data=DataConfig(train=train, val=list(study.val) or None),
         preprocess=study.preprocess,
         model=study.model,
-        gin=study.gin.model_copy(update={"enabled": gin}),
+        gin=study.gin.model_copy(update={"enabled": method.gin, "ipa": method.gin and method.ipa}),
         affine=study.affine,
         # Pooled runs validate (and keep their best model) as often as a federation does: once a round.
         train=study.train.model_copy(
@@ -136,6 +137,16 @@ def _tensorboard_dir(study: StudyConfig, output: Path) -> Path | None:
     if study.tracking.tensorboard is None:
         return None
     return study.tracking.tensorboard / output.parent.relative_to(study.output / "runs")
+
+
+def _weighting(config: StudyConfig, method: MethodInfo, active: list[SiteData]) -> str:
+    """The federation weighting of a method at a scenario point. Where the sites hold one modality only
+    (the limited scenario's 1:0), balancing modalities weighs like the examples do, so the run is the
+    same as its unbalanced twin's and is trained once."""
+    if method.weighting == "examples":
+        return config.federation.weighting
+    modalities = {name for site in active for name in ("ct", "mri") if getattr(site, name)}
+    return method.weighting if len(modalities) > 1 else "examples"
 
 
 def plan_study(config: StudyConfig) -> list[PlannedRun]:
@@ -166,7 +177,7 @@ def plan_study(config: StudyConfig) -> list[PlannedRun]:
                             folder / f"local-{site.name}",
                             site.specs,
                             rounds * local_steps,
-                            info.gin,
+                            info,
                         )
                         runs.append(
                             PlannedRun(seed, point, method, site.name, local, rounds * local_steps,
@@ -176,8 +187,9 @@ def plan_study(config: StudyConfig) -> list[PlannedRun]:
                 if info.federated:
                     clients = [ClientSpec(name=site.name, data=site.specs) for site in active]
                     run = _run_config(
-                        config, seed, folder / method, [], budget, info.gin, clients=clients,
+                        config, seed, folder / method, [], budget, info, clients=clients,
                         min_clients=len(clients), server_eval=list(config.val),
+                        weighting=_weighting(config, info, active),
                     )  # fmt: skip
                 else:
                     pooled = {
@@ -187,7 +199,7 @@ def plan_study(config: StudyConfig) -> list[PlannedRun]:
                     }[info.data]
                     if not pooled:
                         continue  # e.g. CT-only where the scenario point holds no CT
-                    run = _run_config(config, seed, folder / method, pooled, budget, info.gin)
+                    run = _run_config(config, seed, folder / method, pooled, budget, info)
                     n_ct = n_ct if info.data != "mri" else 0
                     n_mri = n_mri if info.data != "ct" else 0
                 runs.append(PlannedRun(seed, point, method, None, run, budget, n_ct, n_mri))

@@ -36,6 +36,12 @@ PAPER_CLAIMS = {
     ("complete", "mri_only", "all"): "+30 %",
     ("complete", "ct_only", "all"): "+10 %",
 }
+#: Beyond the paper (issue 18): each extension of FedGIN against FedGIN itself, (method, other, test).
+EXTENSION_CLAIMS = [
+    (method, other, test)
+    for method in ("fedgin_balanced", "fedgin_ipa", "fedgin_ipa_balanced")
+    for other, test in (("fedgin", "MRI"), ("fedgin", "CT"))
+]
 RESULT_COLUMNS = ["point", "method", "label", "site", "seed", "test", "organ", "dice", "hd95", "n_cases"]
 
 
@@ -226,17 +232,20 @@ def organ_table(stats: dict, runs: Sequence[PlannedRun], point: str, test: str, 
 def claim_rows(
     stats: dict, config: StudyConfig, points: Sequence[str], tests: Sequence[str]
 ) -> list[list[str]]:
-    """FedGIN against the methods the paper compares it with: absolute and relative differences."""
-    fedgin = METHODS["fedgin"].label
+    """FedGIN against the methods the paper compares it with, then each extension of FedGIN against
+    FedGIN (no paper value): absolute and relative differences."""
+    comparisons = [
+        ("fedgin", other, test_scope, paper)
+        for (scenario, other, test_scope), paper in PAPER_CLAIMS.items()
+        if scenario == config.scenario
+    ] + [(method, other, test, "– (not in the paper)") for method, other, test in EXTENSION_CLAIMS]
     rows = []
-    for (scenario, other, test_scope), paper in PAPER_CLAIMS.items():
-        if scenario != config.scenario:
-            continue
-        label = METHODS[other].label
+    for method, other, test_scope, paper in comparisons:
+        name, label = METHODS[method].label, METHODS[other].label
         scope = [test_scope] if test_scope != "all" else [t for t in ("CT", "MRI") if t in tests]
         for point in points:
             for test in scope:
-                mine = stats.get((point, fedgin, test, MEAN_ROW))
+                mine = stats.get((point, name, test, MEAN_ROW))
                 theirs = stats.get((point, label, test, MEAN_ROW))
                 if mine is None or theirs is None or math.isnan(mine[0]) or math.isnan(theirs[0]):
                     continue
@@ -245,7 +254,7 @@ def claim_rows(
                 where = f"{point}, " if config.scenario == "limited" else ""
                 rows.append(
                     [
-                        f"FedGIN vs {label}",
+                        f"{name} vs {label}",
                         f"{where}{test}",
                         paper,
                         f"{mine[0]:.3f} vs {theirs[0]:.3f}",
@@ -535,7 +544,11 @@ def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
         ]
         text += [markdown_table(["method", *points], body)]
         text += ["![Dice against the ratio](figures/dice_vs_ratio.png)\n"]
-        figures.plot_dice_vs_ratio(dice, list(labels), points, "MRI", figure_dir / "dice_vs_ratio.png")
+        federations = [label for label in labels if any(
+            run.label == label and METHODS[run.method].federated for run in runs)]  # fmt: skip
+        figures.plot_dice_vs_ratio(
+            dice, list(labels), points, "MRI", figure_dir / "dice_vs_ratio.png", side_by_side=federations
+        )
     for point in points:
         where = "" if point == "complete" else f" (MRI:CT {point})"
         text += [f"## Dice, mean over organs{where}\n", main_table(dice, runs, point, tests)]
@@ -565,8 +578,10 @@ def write_report(config: StudyConfig, runs: Sequence[PlannedRun]) -> Path:
     claims = claim_rows(dice, config, points, tests)
     if claims:
         text += [
-            "Dice as the mean over organs; relative = (FedGIN - other) / other. The paper's abstract does "
-            "not say whether its percentages are relative or absolute, so both are given.\n",
+            "Dice as the mean over organs; relative = (method - other) / other. The paper's abstract does "
+            "not say whether its percentages are relative or absolute, so both are given. Rows without a "
+            "paper value compare this project's extensions of FedGIN (modality-balanced aggregation, "
+            "GIN-IPA) with FedGIN.\n",
             markdown_table(["comparison", "test", "paper", "measured Dice", "absolute", "relative"], claims),
         ]
     else:
