@@ -147,3 +147,14 @@ def test_training_with_ipa_logs_the_consistency_term_and_resumes_exactly(
     again = load_checkpoint(resumed.run_dir / "checkpoints/last.pt")["model"]
     for name, value in last.items():
         torch.testing.assert_close(value, again[name], rtol=0, atol=0, msg=name)
+
+
+def test_gin_preview_draws_the_ipa_views(caches: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedgin.cli import app
+
+    out = tmp_path / "ipa.png"
+    result = CliRunner().invoke(app, ["gin-preview", "--ipa", "--data", str(caches["t2"]), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 5000

@@ -246,9 +246,14 @@ def test_resume_accepts_a_study_recorded_before_new_settings_existed(
     (config.output / "study.toml").write_text(tomli_w.dumps(recorded))
     _check_output(config, resume=True, overwrite=False)
 
+    # Seeds and methods may be added (each has folders of its own); the training recipe may not change.
     recorded["seeds"] = [*recorded["seeds"], 99]
+    recorded["methods"] = ["fedgin"]
     (config.output / "study.toml").write_text(tomli_w.dumps(recorded))
-    with pytest.raises(ConfigError, match=r"other settings \(seeds differ\)"):
+    _check_output(config, resume=True, overwrite=False)
+    recorded["train"]["batch_size"] = 16
+    (config.output / "study.toml").write_text(tomli_w.dumps(recorded))
+    with pytest.raises(ConfigError, match=r"other settings \(train differ\)"):
         _check_output(config, resume=True, overwrite=False)
 
 

@@ -781,11 +781,14 @@ def gin_preview(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("gin_preview.png"),
     draws: Annotated[int, typer.Option(help="GIN draws per modality.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
+    ipa: Annotated[
+        bool, typer.Option(help="Show GIN-IPA instead: two GIN draws, the mask, both blends, a third view.")
+    ] = False,
 ) -> None:
-    """Save a PNG grid: one slice of each modality and several GIN draws of it."""
+    """Save a PNG grid: one slice of each modality and several GIN draws of it (or GIN-IPA's views)."""
     import numpy as np
 
-    from fedgin.augment.preview import save_gin_preview
+    from fedgin.augment.preview import save_gin_preview, save_ipa_preview
     from fedgin.cache import Cache
 
     if draws < 1:
@@ -801,6 +804,9 @@ def gin_preview(
                 images[entry.domain] = np.array(cache.load_image(entry)[z])
     if not images:
         raise DataError(data[0], "no cached cases to preview (the cache is empty)")
+    if ipa:
+        console.print(f"wrote {save_ipa_preview(images, out, seed=seed)}")
+        return
     console.print(f"wrote {save_gin_preview(images, out, draws=draws, seed=seed)}")
 
 

@@ -172,8 +172,11 @@ def save_protocol_montage(out_png: str | Path, tiles: Sequence[AxialTile], colum
     return _save(figure, out_png, dpi=90)
 
 
-def save_gin_grid(panels: Mapping[str, Sequence[np.ndarray]], out_png: str | Path) -> Path:
-    """One row per modality name: the original (H, W) slice, then its GIN draws.
+def save_gin_grid(
+    panels: Mapping[str, Sequence[np.ndarray]], out_png: str | Path, titles: Sequence[str] | None = None
+) -> Path:
+    """One row per modality name: the original (H, W) slice, then its GIN draws (or the panels `titles`
+    names, e.g. IPA's mask and views).
 
     Every panel is shown with its own min-max grey scale, because GIN changes the intensity range.
     """
@@ -188,7 +191,8 @@ def save_gin_grid(panels: Mapping[str, Sequence[np.ndarray]], out_png: str | Pat
             axis.set_yticks([])
             if column == 0:
                 axis.set_ylabel(name)
-            axis.set_title("original" if column == 0 else f"GIN {column}", fontsize=9)
+            title = titles[column] if titles else "original" if column == 0 else f"GIN {column}"
+            axis.set_title(title, fontsize=9)
     figure.tight_layout()
     return _save(figure, out_png)
 

@@ -1,5 +1,5 @@
-"""GIN draws per modality for a PNG grid (drawn by `fedgin.figures`), to eyeball that GIN remaps intensities
-and keeps anatomy."""
+"""GIN draws (or GIN-IPA's mask and views) per modality for a PNG grid (drawn by `fedgin.figures`), to eyeball
+that GIN remaps intensities and keeps anatomy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedgin.augment.gin import RandGIN
+from fedgin.augment.gin import RandGIN, apply_gin
+from fedgin.augment.ipa import RandIPA, blend_mask
 from fedgin.figures import save_gin_grid
 
 
@@ -35,3 +36,38 @@ def save_gin_preview(
         augmented = gin(original.expand(draws, 1, *original.shape).contiguous())
         panels[name] = [original.numpy()] + [augmented[i, 0].numpy() for i in range(draws)]
     return save_gin_grid(panels, out_png)
+
+
+#: The panels of an IPA preview row.
+IPA_PANELS = (
+    "original",
+    "GIN 1",
+    "GIN 2",
+    "mask m",
+    "m GIN 1 + (1-m) GIN 2",
+    "(1-m) GIN 1 + m GIN 2",
+    "GIN 3",
+)
+
+
+def save_ipa_preview(images: dict[str, np.ndarray], out_png: Path, seed: int = 0) -> Path:
+    """Write a grid: per modality name, the (H, W) slice, its two blended GIN draws, the mask, the two
+    blends and the plain third view (`IPA_PANELS`)."""
+    if not images:
+        raise ValueError("save_ipa_preview needs at least one image")
+    ipa = RandIPA(RandGIN(prob=1.0))
+    ipa.set_random_state(seed=seed)
+    panels = {}
+    for name, image in images.items():
+        if image.ndim != 2:
+            raise ValueError(f"preview image {name!r} must be 2D (H, W), got shape {image.shape}")
+        original = torch.as_tensor(np.asarray(image, dtype=np.float32))
+        batch = original.reshape(1, 1, *original.shape)
+        views = ipa(batch)
+        params = ipa.last_params
+        assert params is not None
+        first, second = (apply_gin(batch, gin) for gin in params.gins[:2])
+        mask = blend_mask(params, batch.shape[2:])
+        row = [original, first, second, mask, views.blended, views.complement, views.plain]
+        panels[name] = [panel.reshape(original.shape).numpy() for panel in row]
+    return save_gin_grid(panels, out_png, titles=IPA_PANELS)

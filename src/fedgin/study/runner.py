@@ -104,8 +104,8 @@ def _check_output(config: StudyConfig, resume: bool, overwrite: bool) -> None:
         before = StudyConfig.model_validate(before).model_dump(mode="json", exclude_none=True)
     now = config.model_dump(mode="json", exclude_none=True)
     # Where runs log their curves (tracking) and whether the matrix is made (cross_site) change no result;
-    # methods may be added or dropped, as each has folders of its own.
-    for key in ("tracking", "cross_site", "stats", "methods"):
+    # methods and seeds may be added or dropped, as each has folders of its own.
+    for key in ("tracking", "cross_site", "stats", "methods", "seeds"):
         before.pop(key, None)
         now.pop(key, None)
     if before != now:
