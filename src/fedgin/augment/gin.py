@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ __all__ = [
     "GINParameters",
     "RandGIN",
     "RandGINd",
+    "SharedDrawDict",
     "apply_gin",
     "sample_gin_parameters",
 ]
@@ -360,7 +361,31 @@ class RandGIN(RandomizableTransform):
         return convert_to_dst_type(out if self.batched else out[0], img)[0]
 
 
-class RandGINd(RandomizableTransform, MapTransform):
+class SharedDrawDict(RandomizableTransform, MapTransform):
+    """Base of the dictionary forms that draw once per call, sized by the first listed key present, and apply
+    that draw to every listed key (which must therefore share a shape). `inner` is the array transform."""
+
+    inner: RandomizableTransform
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> Self:
+        super().set_random_state(seed, state)
+        self.inner.set_random_state(seed, state)
+        return self
+
+    def keys_to_transform(self, d: Mapping[Hashable, NdarrayOrTensor]) -> list[Hashable]:
+        """The listed keys present in `d`, first one first; refused unless they share a shape."""
+        keys = list(self.key_iterator(dict(d)))
+        for key in keys[1:]:
+            first = keys[0]
+            if d[key].shape != d[first].shape:
+                raise ValueError(
+                    f"{type(self).__name__} keys must share a shape: {first!r} is {tuple(d[first].shape)}, "
+                    f"{key!r} is {tuple(d[key].shape)}"
+                )
+        return keys
+
+
+class RandGINd(SharedDrawDict):
     """Dictionary form of `RandGIN`: augments the listed keys of a dict, leaves every other key alone.
 
     The dict holds a batch, or one sample with `batched=False`. One set of parameters is drawn per call
@@ -384,7 +409,7 @@ class RandGINd(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.gin = RandGIN(
+        self.gin = self.inner = RandGIN(
             prob, n_layers, interm_channels, kernel_sizes, alpha_range, shared_network, batched
         )
 
@@ -392,26 +417,13 @@ class RandGINd(RandomizableTransform, MapTransform):
     def last_params(self) -> GINParameters | None:
         return self.gin.last_params
 
-    def set_random_state(
-        self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> RandGINd:
-        super().set_random_state(seed, state)
-        self.gin.set_random_state(seed, state)
-        return self
-
     def __call__(
         self, data: Mapping[Hashable, NdarrayOrTensor], generator: torch.Generator | None = None
     ) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
-        first_key = self.first_key(d)
-        if first_key == ():
-            return d
-        self.gin.randomize(d[first_key], generator)
-        for key in self.key_iterator(d):
-            if d[key].shape != d[first_key].shape:
-                raise ValueError(
-                    f"RandGINd keys must share a shape: {first_key!r} is {tuple(d[first_key].shape)}, "
-                    f"{key!r} is {tuple(d[key].shape)}"
-                )
+        keys = self.keys_to_transform(d)
+        if keys:
+            self.gin.randomize(d[keys[0]], generator)
+        for key in keys:
             d[key] = self.gin(d[key], randomize=False)
         return d

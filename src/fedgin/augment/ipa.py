@@ -24,14 +24,13 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_tensor
 
-from fedgin.augment.gin import _MAX_TORCH_SEED, GINParameters, RandGIN, apply_gin
+from fedgin.augment.gin import _MAX_TORCH_SEED, GINParameters, RandGIN, SharedDrawDict, apply_gin
 
 __all__ = [
     "IPAParameters",
@@ -280,7 +279,7 @@ class RandIPA(RandomizableTransform):
         return apply_ipa(convert_to_tensor(img, track_meta=False), self.last_params)
 
 
-class RandIPAd(RandomizableTransform, MapTransform):
+class RandIPAd(SharedDrawDict):
     """Dictionary form of `RandIPA`: each listed key becomes its blended view, and `<key>_complement` and
     `<key>_plain` are added; every other key is left alone. One draw per call, shared by the keys (which
     must share a shape), sized by the first listed key present."""
@@ -299,33 +298,19 @@ class RandIPAd(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.ipa = RandIPA(gin, prob, grid, downscale, order)
+        self.ipa = self.inner = RandIPA(gin, prob, grid, downscale, order)
 
     @property
     def last_params(self) -> IPAParameters | None:
         return self.ipa.last_params
 
-    def set_random_state(
-        self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> RandIPAd:
-        super().set_random_state(seed, state)
-        self.ipa.set_random_state(seed, state)
-        return self
-
     def __call__(
         self, data: Mapping[Hashable, NdarrayOrTensor], generator: torch.Generator | None = None
     ) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
-        first_key = self.first_key(d)
-        if first_key == ():
-            return d
-        self.ipa.randomize(d[first_key], generator)
-        for key in self.key_iterator(d):
-            if d[key].shape != d[first_key].shape:
-                raise ValueError(
-                    f"RandIPAd keys must share a shape: {first_key!r} is {tuple(d[first_key].shape)}, "
-                    f"{key!r} is {tuple(d[key].shape)}"
-                )
-            views = self.ipa(d[key], randomize=False)
-            d[key], d[f"{key}_complement"], d[f"{key}_plain"] = views
+        keys = self.keys_to_transform(d)
+        if keys:
+            self.ipa.randomize(d[keys[0]], generator)
+        for key in keys:
+            d[key], d[f"{key}_complement"], d[f"{key}_plain"] = self.ipa(d[key], randomize=False)
         return d
