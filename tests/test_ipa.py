@@ -158,3 +158,12 @@ def test_gin_preview_draws_the_ipa_views(caches: dict[str, Path], tmp_path: Path
     result = CliRunner().invoke(app, ["gin-preview", "--ipa", "--data", str(caches["t2"]), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 5000
+
+
+def test_dict_forms_refuse_keys_of_different_shapes() -> None:
+    from fedgin.augment import RandGINd
+
+    data = {"a": torch.rand(2, 1, 32, 32), "b": torch.rand(2, 1, 16, 16)}
+    for transform in (RandGINd(keys=["a", "b"]), RandIPAd(keys=["a", "b"])):
+        with pytest.raises(ValueError, match=f"{type(transform).__name__} keys must share a shape"):
+            transform(data)
