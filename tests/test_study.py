@@ -175,8 +175,8 @@ def test_miniature_study_report_matches_the_runs(caches: dict[str, Path], tmp_pa
     assert (fedgin_run.run_dir / "checkpoints" / "best.pt").stat().st_mtime_ns == kept
     assert (central_run.run_dir / "done.json").is_file()
     assert again.report.read_text(encoding="utf-8") == report
-    changed = config.model_copy(update={"seeds": [8]})
-    with pytest.raises(ConfigError, match="seeds differ"):
+    changed = config.model_copy(update={"train": config.train.model_copy(update={"batch_size": 2})})
+    with pytest.raises(ConfigError, match="train differ"):
         run_study(changed, resume=True, console=Console(file=io.StringIO()))
 
     # Caches that changed since the finished runs used them (new data, other preprocessing): no resume.
