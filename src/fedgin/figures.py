@@ -370,7 +370,8 @@ def plot_dice_vs_ratio(
         right.set_ylabel(f"{test} test Dice (mean over organs)")
         right.set_title("the federations side by side")
         right.grid(alpha=0.3, axis="y")
-        right.legend(fontsize=8)
+        right.set_ylim(0, right.get_ylim()[1] * 1.3)  # room for the legend above the bars
+        right.legend(fontsize=8, ncols=2, loc="upper left")
     for label in labels:
         values = [stats.get((point, label, test, MEAN_ROW), (math.nan, math.nan, 0)) for point in points]
         means = [v[0] for v in values]
