@@ -158,8 +158,9 @@ def test_prepare_config_accepts_every_shipped_run_and_study_file() -> None:
     for path in sorted((REPO / "examples").glob("*.toml")):
         assert load_preprocess_config(path) == load_toml(path, RunConfig).preprocess, path
     presets = sorted((REPO / "src" / "fedgin" / "study" / "presets").glob("*.toml"))
-    assert presets
-    for path in presets:
+    studies = sorted((REPO / "examples" / "studies").glob("*.toml"))
+    assert presets and studies
+    for path in [*presets, *studies]:
         assert load_preprocess_config(path) == load_study(path).preprocess, path
 
 
