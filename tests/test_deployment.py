@@ -109,7 +109,8 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path, privat
                 "--port", free_port(), "--state", tmp_path / f"site-{site}",
                 "--trusted-publishers", certs / "publisher.pub",
                 # an unregistered key is refused like a recently crashed one: give up soon for the test
-                *(["--activation-timeout", 5] if site == "rogue" else []),
+                # 15 s: long enough for one refused activation on a loaded machine (5 s was not, once)
+                *(["--activation-timeout", 15] if site == "rogue" else []),
                 *(arg for folder in folders for arg in ("--cache", folder)),
             )  # fmt: skip
             processes.append(start(f"supernode-{site}", command, logs, env, cwd=tmp_path))
