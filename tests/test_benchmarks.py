@@ -80,3 +80,12 @@ def test_calibration_tables_split_the_test_protocols_into_seen_and_unseen(tmp_pa
     assert cells[1:5] == ["0.800 ± 0.000", "", "", "0.600 ± 0.000"]  # TS CT, TS T1, TS T2, AMOS CT seen
     assert cells[5] == "0.300 ± 0.100"  # AMOS CT unseen: the two delayed-phase cases
     assert "| amos | `ct_del_120kvp_standard_5mm` | no | 2 | 0.30 |" in per_protocol
+
+
+@pytest.mark.parametrize("path", sorted((BENCHMARKS / "results" / "sections").glob("*.json")))
+def test_a_recorded_single_section_renders(path: Path) -> None:
+    """results/sections/ holds runs of some sections only (`run_all.py --only ...`)."""
+    results = json.loads(path.read_text())
+    table = run_all.markdown(results)
+    for section in results["sections"]:
+        assert section in path.stem and "|" in table

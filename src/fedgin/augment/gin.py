@@ -367,6 +367,11 @@ class SharedDrawDict(RandomizableTransform, MapTransform):
 
     inner: RandomizableTransform
 
+    @property
+    def last_params(self):  # the inner transform's parameters: GINParameters, IPAParameters
+        """The parameters of the latest call (replay them with the array form's apply function)."""
+        return self.inner.last_params
+
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> Self:
         super().set_random_state(seed, state)
         self.inner.set_random_state(seed, state)
@@ -412,10 +417,6 @@ class RandGINd(SharedDrawDict):
         self.gin = self.inner = RandGIN(
             prob, n_layers, interm_channels, kernel_sizes, alpha_range, shared_network, batched
         )
-
-    @property
-    def last_params(self) -> GINParameters | None:
-        return self.gin.last_params
 
     def __call__(
         self, data: Mapping[Hashable, NdarrayOrTensor], generator: torch.Generator | None = None

@@ -300,10 +300,6 @@ class RandIPAd(SharedDrawDict):
         RandomizableTransform.__init__(self, prob)
         self.ipa = self.inner = RandIPA(gin, prob, grid, downscale, order)
 
-    @property
-    def last_params(self) -> IPAParameters | None:
-        return self.ipa.last_params
-
     def __call__(
         self, data: Mapping[Hashable, NdarrayOrTensor], generator: torch.Generator | None = None
     ) -> dict[Hashable, NdarrayOrTensor]:
