@@ -75,6 +75,11 @@ class GINParameters:
         )
 
 
+def seeded_generator(state: np.random.RandomState) -> torch.Generator:
+    """A CPU torch.Generator seeded from a MONAI RandomState: how the random transforms draw their tensors."""
+    return torch.Generator().manual_seed(int(state.randint(0, _MAX_TORCH_SEED)))
+
+
 def _layer_channels(channels: int, n_layers: int, interm_channels: int) -> list[tuple[int, int]]:
     """(in_ch, out_ch) per layer: channels -> interm -> ... -> interm -> channels."""
     widths = [channels] + [interm_channels] * (n_layers - 1) + [channels]
@@ -335,8 +340,7 @@ class RandGIN(RandomizableTransform):
         generator: torch.Generator | None = None,
     ) -> GINParameters:
         """Draw parameters for a batch of `x_shape`; from `generator` if given, else seeded from `self.R`."""
-        if generator is None:
-            generator = torch.Generator().manual_seed(int(self.R.randint(0, _MAX_TORCH_SEED)))
+        generator = generator if generator is not None else seeded_generator(self.R)
         return sample_gin_parameters(x_shape, generator=generator, device=device, **self._settings())
 
     def randomize(

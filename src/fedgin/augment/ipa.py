@@ -30,7 +30,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_tensor
 
-from fedgin.augment.gin import _MAX_TORCH_SEED, GINParameters, RandGIN, SharedDrawDict, apply_gin
+from fedgin.augment.gin import GINParameters, RandGIN, SharedDrawDict, apply_gin, seeded_generator
 
 __all__ = [
     "IPAParameters",
@@ -264,8 +264,7 @@ class RandIPA(RandomizableTransform):
         if data is None:
             raise ValueError("RandIPA.randomize needs the batch to size the masks")
         batch = convert_to_tensor(data, track_meta=False)
-        if generator is None:
-            generator = torch.Generator().manual_seed(int(self.R.randint(0, _MAX_TORCH_SEED)))
+        generator = generator if generator is not None else seeded_generator(self.R)
         self.last_params = sample_ipa_parameters(
             batch.shape, self.gin, generator=generator, device=batch.device, **self._settings()
         )

@@ -13,6 +13,16 @@ from fedgin.augment.ipa import RandIPA, blend_mask
 from fedgin.figures import save_gin_grid
 
 
+def _slices(images: dict[str, np.ndarray], caller: str) -> dict[str, torch.Tensor]:
+    """Each preview image as a float32 (H, W) tensor; refused unless there is one and each is 2D."""
+    if not images:
+        raise ValueError(f"{caller} needs at least one image")
+    for name, image in images.items():
+        if image.ndim != 2:
+            raise ValueError(f"preview image {name!r} must be 2D (H, W), got shape {image.shape}")
+    return {name: torch.as_tensor(np.asarray(image, dtype=np.float32)) for name, image in images.items()}
+
+
 def save_gin_preview(
     images: dict[str, np.ndarray], out_png: Path, draws: int = 5, seed: int = 0, shared_network: bool = False
 ) -> Path:
@@ -21,17 +31,13 @@ def save_gin_preview(
     Every panel is shown with its own min-max grey scale, because GIN changes the intensity range.
     Returns the path written.
     """
-    if not images:
-        raise ValueError("save_gin_preview needs at least one image")
+    slices = _slices(images, "save_gin_preview")
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
     gin = RandGIN(prob=1.0, shared_network=shared_network)
     gin.set_random_state(seed=seed)
     panels = {}
-    for name, image in images.items():
-        if image.ndim != 2:
-            raise ValueError(f"preview image {name!r} must be 2D (H, W), got shape {image.shape}")
-        original = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    for name, original in slices.items():
         # One batch of `draws` copies: each copy gets its own random network in a single GIN call.
         augmented = gin(original.expand(draws, 1, *original.shape).contiguous())
         panels[name] = [original.numpy()] + [augmented[i, 0].numpy() for i in range(draws)]
@@ -53,15 +59,11 @@ IPA_PANELS = (
 def save_ipa_preview(images: dict[str, np.ndarray], out_png: Path, seed: int = 0) -> Path:
     """Write a grid: per modality name, the (H, W) slice, its two blended GIN draws, the mask, the two
     blends and the plain third view (`IPA_PANELS`)."""
-    if not images:
-        raise ValueError("save_ipa_preview needs at least one image")
+    slices = _slices(images, "save_ipa_preview")
     ipa = RandIPA(RandGIN(prob=1.0))
     ipa.set_random_state(seed=seed)
     panels = {}
-    for name, image in images.items():
-        if image.ndim != 2:
-            raise ValueError(f"preview image {name!r} must be 2D (H, W), got shape {image.shape}")
-        original = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    for name, original in slices.items():
         batch = original.reshape(1, 1, *original.shape)
         views = ipa(batch)
         params = ipa.last_params

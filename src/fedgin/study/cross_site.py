@@ -14,11 +14,11 @@ from pathlib import Path
 from rich.console import Console
 
 from fedgin.config import ClientSpec
-from fedgin.study.config import StudyConfig
+from fedgin.study.config import METHODS, StudyConfig
 from fedgin.study.plan import PlannedRun, trained_dir
 
 #: The methods whose models the study evaluates across sites.
-CROSS_SITE_METHODS = ("fedgin", "fl_no_gin", "fedgin_balanced", "fedgin_ipa", "fedgin_ipa_balanced", "local")
+CROSS_SITE_METHODS = (*(name for name, info in METHODS.items() if info.federated), "local")
 CROSS_SITE_DIR = "cross_site"
 
 
