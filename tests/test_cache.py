@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
 import fedgin.prepare as prepare_module
 from fedgin.cache import INDEX_COLUMNS, Cache, read_index, summarize
+from fedgin.cli import app
 from fedgin.config import PreprocessConfig
 from fedgin.errors import DataError
 from fedgin.preprocessing import preprocess
@@ -173,3 +175,26 @@ def test_protocol_in_index_old_index_opens_and_resume_updates_it(totalseg: Path,
     assert tuple(columns) == INDEX_COLUMNS
     assert [row["protocol"] for row in rows] == ["mr3t_t1_gre_opposed", "ct_art_100kvp_sharp_1mm", ""]
     assert [e.protocol for e in Cache(out).cases()] == ["mr3t_t1_gre_opposed", "ct_art_100kvp_sharp_1mm", ""]
+
+
+def test_index_case_id_that_is_a_path_is_refused_on_reading(totalseg: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cache"
+    prepare_module.prepare("totalseg-ct", totalseg, out, CONFIG, workers=1, progress=False)
+    columns, rows = _index_rows(out)
+    rows[1]["case_id"] = "../../escape/x"  # the arrays it names stay valid: only the id is a path
+    with open(out / "index.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    expected = f"{out / 'index.csv'}: line 3: case_id '../../escape/x' is not a plain name (it holds a path"
+    with pytest.raises(DataError) as error:
+        Cache(out)
+    assert str(error.value).startswith(expected)
+    before = sorted(tmp_path.rglob("*"))
+    for command in (["inspect", str(out)], ["prepare", "--source", "totalseg-ct", "--root", str(totalseg),
+                                            "-o", str(out), "--workers", "1"]):  # fmt: skip
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert line.startswith(f"error: {expected}"), line
+    assert sorted(tmp_path.rglob("*")) == before

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from fedgin.cache import case_files
+from fedgin.case_ids import MAX_CASE_ID_LENGTH, check_case_id
+from fedgin.cli import app
 from fedgin.errors import ConfigError, DataError
 from fedgin.sources import MappedLabels, MaskLabels, discover, hash_split
-from nifti_factory import NNUNET_LABEL_MAP, reorient, write_amos, write_meta, write_nnunet, write_totalseg
+from nifti_factory import (
+    NNUNET_LABEL_MAP,
+    reorient,
+    write_amos,
+    write_meta,
+    write_nnunet,
+    write_totalseg,
+)
 
 
 def test_totalseg_ct_bom_meta_splits_and_orientations(tmp_path: Path) -> None:
@@ -138,3 +153,171 @@ def test_nnunet_modality_from_dataset_json_or_required(tmp_path: Path) -> None:
 def test_unknown_source_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown source"):
         discover("kits", tmp_path)
+
+
+# Case ids are data, never paths: every layout's ids are refused with one line naming the file and row,
+# and the data set is read only below its root. Each corrupt layout below is one the old `prepare` read
+# (and, for the traversal, wrote outside the cache from).
+
+
+def _totalseg_traversal(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_totalseg(root, ["s0001"])
+    write_totalseg(tmp / "escape", ["s0"])  # what a/../../../../escape/s0 reaches from the root
+    (root / "a").mkdir()
+    meta = write_meta(root, ["image_id", "split"], [["s0001", "train"], ["a/../../../../escape/s0", "train"]])
+    return meta, "line 3: image_id 'a/../../../../escape/s0' is not a plain name (it holds a path separator"
+
+
+def _totalseg_absolute(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_totalseg(root, ["s0001"])
+    write_totalseg(tmp / "outside", ["s9"])
+    outside = str(tmp / "outside" / "s9")
+    meta = write_meta(root, ["image_id", "split"], [["s0001", "train"], [outside, "train"]])
+    return meta, f"line 3: image_id '{outside}' is not a plain name (it is an absolute path"
+
+
+def _totalseg_separator(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_totalseg(root / "sub", ["s0001"])  # inside the root, but an id is a name, not a path
+    meta = write_meta(root, ["image_id", "split"], [["sub/s0001", "train"]])
+    return meta, "line 2: image_id 'sub/s0001' is not a plain name (it holds a path separator"
+
+
+def _totalseg_duplicate(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_totalseg(root, ["s0001", "s0002"])
+    rows = [["s0001", "train"], ["s0002", "val"], ["s0001", "test"]]
+    return write_meta(root, ["image_id", "split"], rows), "lines 2 and 4 both list image_id 's0001'"
+
+
+def _totalseg_mri_traversal(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_totalseg(root, ["s0001"], modality="mri", with_split_column=False)
+    write_totalseg(root.parent, ["escape"], modality="mri", with_split_column=False)
+    meta = write_meta(root, ["image_id"], [["s0001"], ["../escape"]])
+    return meta, "line 3: image_id '../escape' is not a plain name (it holds a path separator"
+
+
+def _totalseg_folder_without_meta(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_totalseg(root, ["s0001", "s 2"])
+    (root / "meta.csv").unlink()
+    return root / "s 2", "folder name 's 2' is not a plain name (it holds ' '"
+
+
+def _totalseg_symlinked_folder(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_totalseg(root, ["s0001"])
+    write_totalseg(tmp / "outside", ["s0002"])
+    (root / "s0002").symlink_to(tmp / "outside" / "s0002", target_is_directory=True)
+    write_meta(root, ["image_id", "split"], [["s0001", "train"], ["s0002", "train"]])
+    return root / "s0002" / "ct.nii.gz", f"case s0002: resolves to {tmp / 'outside' / 's0002' / 'ct.nii.gz'}"
+
+
+def _amos_dataset_json_key(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_amos(root, train_ids=[1])
+    dataset = root / "dataset.json"
+    meta = json.loads(dataset.read_text())
+    meta["synthetic_modality"] = {"amos_0001": "ct", "../../escape/amos_0001": "ct"}
+    dataset.write_text(json.dumps(meta))
+    return dataset, "synthetic_modality: case id '../../escape/amos_0001' is not a plain name"
+
+
+def _amos_duplicate(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_amos(root, train_ids=[1], val_ids=[1])
+    first = root / "imagesTr" / "amos_0001.nii.gz"
+    return root / "imagesVa" / "amos_0001.nii.gz", f"case id 'amos_0001' also names {first}"
+
+
+def _amos_symlinked_file(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_amos(root, train_ids=[1])
+    write_amos(tmp / "outside", train_ids=[2])
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder / "amos_0002.nii.gz").symlink_to(tmp / "outside" / folder / "amos_0002.nii.gz")
+    return root / "imagesTr" / "amos_0002.nii.gz", "case amos_0002: resolves to"
+
+
+def _nnunet_separator(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_nnunet(root, ["liver_1", "a\\..\\..\\x"])  # a legal file name on Linux, a path on Windows
+    return (
+        root / "imagesTr" / "a\\..\\..\\x_0000.nii.gz",
+        "case name 'a\\\\..\\\\..\\\\x' is not a plain name",
+    )
+
+
+def _nnunet_hidden(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_nnunet(root, ["liver_1", ".x"])
+    return root / "imagesTr" / ".x_0000.nii.gz", "case name '.x' is not a plain name (it starts with '.'"
+
+
+def _nnunet_duplicate(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_nnunet(root, ["liver_1"])
+    for folder, name in (("imagesTr", "liver_1_0000"), ("labelsTr", "liver_1")):
+        nib.save(nib.load(root / folder / f"{name}.nii.gz"), root / folder / f"{name}.nii")
+    return root / "imagesTr" / "liver_1_0000.nii.gz", f"case id 'liver_1' also names {root / 'imagesTr'}"
+
+
+def _nnunet_symlinked_labels(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_nnunet(root, ["liver_1"])
+    write_nnunet(tmp / "outside", ["liver_1"])
+    shutil.rmtree(root / "labelsTr")
+    (root / "labelsTr").symlink_to(tmp / "outside" / "labelsTr", target_is_directory=True)
+    return root / "labelsTr" / "liver_1.nii.gz", "case liver_1: resolves to"
+
+
+REFUSED_LAYOUTS = {
+    "totalseg traversal": ("totalseg-ct", _totalseg_traversal),
+    "totalseg absolute": ("totalseg-ct", _totalseg_absolute),
+    "totalseg separator": ("totalseg-ct", _totalseg_separator),
+    "totalseg duplicate row": ("totalseg-ct", _totalseg_duplicate),
+    "totalseg-mri traversal": ("totalseg-mri", _totalseg_mri_traversal),
+    "totalseg folder name": ("totalseg-ct", _totalseg_folder_without_meta),
+    "totalseg symlink out": ("totalseg-ct", _totalseg_symlinked_folder),
+    "amos dataset.json": ("amos", _amos_dataset_json_key),
+    "amos duplicate": ("amos", _amos_duplicate),
+    "amos symlink out": ("amos", _amos_symlinked_file),
+    "nnunet separator": ("nnunet", _nnunet_separator),
+    "nnunet hidden": ("nnunet", _nnunet_hidden),
+    "nnunet duplicate": ("nnunet", _nnunet_duplicate),
+    "nnunet symlink out": ("nnunet", _nnunet_symlinked_labels),
+}
+
+
+def _tree(folder: Path) -> set[str]:
+    """Every path below `folder` (symlinks not followed), to show that nothing was written anywhere."""
+    return {
+        str(Path(base, name).relative_to(folder))
+        for base, folders, files in os.walk(folder)
+        for name in (*folders, *files)
+    }
+
+
+@pytest.mark.parametrize("layout", list(REFUSED_LAYOUTS))
+def test_prepare_refuses_case_ids_that_are_paths_and_files_outside_the_root(
+    tmp_path: Path, layout: str
+) -> None:
+    source, corrupt = REFUSED_LAYOUTS[layout]
+    root, cache = tmp_path / "w" / "data" / "ts", tmp_path / "w" / "caches" / "site" / "cache"
+    named, problem = corrupt(tmp_path, root)
+    before = _tree(tmp_path)
+    nnunet = ["--label-map", json.dumps(NNUNET_LABEL_MAP)] if source == "nnunet" else []
+    result = CliRunner().invoke(
+        app, ["prepare", "--source", source, "--root", str(root), "-o", str(cache), "--workers", "1", *nnunet]
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {named}: ") and problem in line, line
+    assert _tree(tmp_path) == before  # nothing written, inside the cache or outside it
+
+
+def test_source_ids_that_are_plain_names_are_kept(tmp_path: Path) -> None:
+    write_totalseg(tmp_path, ["s0001", "Case-2.b_x"])
+    write_meta(tmp_path, ["image_id", "split"], [["s0001", "train"], ["Case-2.b_x", "val"], ["", ""]])
+    assert [c.case_id for c in discover("totalseg-ct", tmp_path)] == [
+        "Case-2.b_x",
+        "s0001",
+    ]  # ;; row: skipped
+    write_meta(tmp_path, ["image_id", "split"], [["s0001", "train"], ["", "val"]])
+    with pytest.raises(DataError, match="line 3: image_id '' is not a plain name \\(it is empty"):
+        discover("totalseg-ct", tmp_path)
+    with pytest.raises(DataError, match=f"it is {MAX_CASE_ID_LENGTH + 1} characters long"):
+        check_case_id("s" * (MAX_CASE_ID_LENGTH + 1), tmp_path)
+    with pytest.raises(DataError, match="it is an absolute path"):
+        check_case_id("C:x", tmp_path)
+    with pytest.raises(ValueError, match=re.escape("holds '..'")):
+        case_files("totalseg-ct-a..b")

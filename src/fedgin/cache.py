@@ -14,6 +14,7 @@ import numpy as np
 from rich.console import Group
 from rich.table import Table
 
+from fedgin.case_ids import case_id_problem, plain_name_message, require_plain
 from fedgin.errors import DataError
 from fedgin.io_utils import atomic_write_text
 from fedgin.labels import LABEL_NAMES, ORGANS
@@ -154,15 +155,30 @@ class _Row:
             raise ValueError(f"{name} is {value!r}, not numbers like 128x128x64") from None
 
 
+def case_files(case_id: str) -> tuple[str, str, str]:
+    """The image array, label array and case record of `case_id`, relative to the cache folder.
+
+    ValueError for an id that is not a plain name: the ids were checked where they were read (the source,
+    index.csv), and this keeps any id from becoming a path outside `cases/`.
+    """
+    require_plain(case_id)
+    return (
+        f"{CASES_DIR}/{case_id}_image.npy",
+        f"{CASES_DIR}/{case_id}_label.npy",
+        f"{CASES_DIR}/{case_id}.json",
+    )
+
+
 def geometry_file(case_id: str) -> str:
-    return f"{CASES_DIR}/{case_id}.json"
+    return case_files(case_id)[2]
 
 
 def read_index(root: Path) -> dict[str, dict[str, str]]:
     """index.csv rows by case id ({} when there is no index yet).
 
     DataError naming index.csv for a file that is not a cache index: not UTF-8 text or CSV, columns
-    missing, a row with too few or too many fields, a case id listed twice. An index from before a column
+    missing, a row with too few or too many fields, a case id that is not a plain name (ids name the
+    case's files) or is listed twice. An index from before a column
     of OPTIONAL_INDEX_COLUMNS was added reads as holding that column's default.
     """
     path = root / INDEX_FILE
@@ -185,6 +201,10 @@ def read_index(root: Path) -> dict[str, dict[str, str]]:
                     raise DataError(
                         path, f"line {line}: {len(reader.fieldnames or [])} fields expected; {rebuild}"
                     )
+                problem = case_id_problem(row["case_id"])
+                if problem is not None:
+                    message = plain_name_message("case_id", row["case_id"], problem)
+                    raise DataError(path, f"line {line}: {message}; {rebuild}")
                 if row["case_id"] in rows:
                     raise DataError(path, f"line {line}: case {row['case_id']!r} is listed twice; {rebuild}")
                 for name, default in OPTIONAL_INDEX_COLUMNS.items():

@@ -18,7 +18,7 @@ from fedgin.cache import (
     CACHE_FORMAT_VERSION,
     CASES_DIR,
     PREPARE_FILE,
-    geometry_file,
+    case_files,
     read_index,
     row_problem,
     write_index,
@@ -93,14 +93,14 @@ def prepare_case(
     del loaded, raw, sample
     assert volume.label is not None
     uid = case.uid
-    image_file, label_file = f"{CASES_DIR}/{uid}_image.npy", f"{CASES_DIR}/{uid}_label.npy"
+    image_file, label_file, record_file = case_files(uid)
     atomic_save_npy(cache_root / image_file, volume.image)
     atomic_save_npy(cache_root / label_file, volume.label)
     counts = np.bincount(volume.label.reshape(-1), minlength=NUM_CLASSES)
     foreground = volume.label.reshape(volume.label.shape[0], -1).any(axis=1)
     geometry = volume.geometry
     atomic_write_json(
-        cache_root / geometry_file(uid),
+        cache_root / record_file,
         {
             "case_id": uid,
             "source": case.source,

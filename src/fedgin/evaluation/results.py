@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgin.case_ids import require_plain
 from fedgin.errors import DataError
 from fedgin.io_utils import atomic_write
 from fedgin.labels import ORGANS
@@ -95,8 +96,9 @@ class KeptSlice:
 
 
 def kept_slice_path(out_dir: str | Path, case_id: str) -> Path:
-    """Where an evaluation into `out_dir` keeps the slice of case `case_id`."""
-    return Path(out_dir) / KEPT_DIR / f"{case_id}.npz"
+    """Where an evaluation into `out_dir` keeps the slice of case `case_id` (a cache's id, checked when
+    the index was read; ValueError for one that is not a plain name)."""
+    return Path(out_dir) / KEPT_DIR / f"{require_plain(case_id)}.npz"
 
 
 def save_kept_slice(out_dir: str | Path, kept: KeptSlice) -> Path:

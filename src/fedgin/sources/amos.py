@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+from fedgin.case_ids import check_case_id
 from fedgin.config import Modality
 from fedgin.errors import DataError
 from fedgin.labels import AMOS_TO_FEDGIN
@@ -35,13 +36,21 @@ def read_dataset_json(root: Path) -> dict:
 
 
 def _case_tags(root: Path, meta: dict, key: str) -> dict[str, str]:
-    """The case id -> tag object `key` of dataset.json ({} when absent; null tags are left out)."""
+    """The case id -> tag object `key` of dataset.json ({} when absent; null tags are left out).
+
+    DataError naming the key for a case id that is not a plain name: such a file is not AMOS's.
+    """
+    path = root / "dataset.json"
     tags = meta.get(key)
     if tags is None:
         return {}
     if not isinstance(tags, dict):
-        raise DataError(root / "dataset.json", f"{key!r} is not an object of case id -> tag")
-    return {str(case): str(tag).strip() for case, tag in tags.items() if tag is not None}
+        raise DataError(path, f"{key!r} is not an object of case id -> tag")
+    return {
+        check_case_id(str(case), path, f"{key}: case id"): str(tag).strip()
+        for case, tag in tags.items()
+        if tag is not None
+    }
 
 
 def sequence_tags(root: Path, meta: dict | None = None) -> dict[str, str]:
@@ -68,7 +77,10 @@ def protocol_tags(root: Path, meta: dict | None = None) -> dict[str, str]:
 def discover_amos(
     root: Path, label_map: dict[int, int] | None = None, modality: Modality | None = None
 ) -> list[SourceCase]:
-    """Labelled AMOS cases: Tr as train, Va as val (use split_override='test' when AMOS is the test set)."""
+    """Labelled AMOS cases: Tr as train, Va as val (use split_override='test' when AMOS is the test set).
+
+    The cases are the files named amos_NNNN in the image folders; dataset.json's file lists are not read.
+    """
     mapping = label_map if label_map is not None else AMOS_TO_FEDGIN
     meta = read_dataset_json(root)  # read once for both tag maps
     sequences, protocols = sequence_tags(root, meta), protocol_tags(root, meta)
@@ -87,7 +99,7 @@ def discover_amos(
             case_modality = amos_modality(int(match.group(1)))
             if modality is not None and case_modality != modality:
                 continue
-            case_id = image.name.split(".")[0]
+            case_id = check_case_id(image.name.split(".")[0], image)  # plain by the name pattern already
             cases.append(
                 SourceCase(
                     case_id=case_id,

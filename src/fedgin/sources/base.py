@@ -153,6 +153,8 @@ def discover(
 
     `label_map` (source value -> fedgin class) is needed by `nnunet`; `modality` filters `amos` and sets the
     modality of `nnunet`; `split_override` puts every case in one split (e.g. AMOS as the test source).
+    Every case id is a plain name (checked by each source where it reads the id), no id names two cases,
+    and every file is below `root` (see `check_below_root`).
     """
     if source not in SOURCES:
         raise ConfigError(f"unknown source {source!r}; known: {', '.join(sorted(SOURCES))}")
@@ -164,6 +166,39 @@ def discover(
     cases = SOURCES[source](root, label_map=label_map, modality=modality)
     if not cases:
         raise DataError(root, f"no {source} cases found")
+    check_unique_ids(cases)
+    check_below_root(cases, root)
     if split_override is not None:
         cases = [case.with_split(split_override) for case in cases]
     return sorted(cases, key=lambda case: case.case_id)
+
+
+def check_unique_ids(cases: list[SourceCase]) -> None:
+    """DataError naming both files when two cases share an id (amos_0001 in imagesTr and imagesVa, or as
+    .nii and .nii.gz): one would silently replace the other in the cache."""
+    first: dict[str, SourceCase] = {}
+    for case in cases:
+        if case.case_id in first:
+            other = first[case.case_id].image
+            raise DataError(case.image, f"case id {case.case_id!r} also names {other}; keep one of them")
+        first[case.case_id] = case
+
+
+def check_below_root(cases: list[SourceCase], root: Path) -> None:
+    """DataError for a case file that is not inside the data folder `root`: a source is read only below it.
+
+    Paths are compared resolved (symlinks followed, `..` folded), so a symlink inside the root that points
+    outside it, a file's or a whole folder's, is refused too: give the folder it points to as the root
+    instead. A symlinked root itself is fine. A file that does not exist is judged by its path (loading it
+    then fails with "file not found").
+    """
+    resolved_root = root.resolve()
+    for case in cases:
+        for path in case.files():
+            resolved = path.resolve()
+            if not resolved.is_relative_to(resolved_root):
+                raise DataError(
+                    path,
+                    f"case {case.case_id}: resolves to {resolved}, outside the data folder {resolved_root}; "
+                    "fedgin reads a data set only below its root",
+                )

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+from fedgin.case_ids import check_case_id
 from fedgin.config import Modality
 from fedgin.errors import ConfigError, DataError
 from fedgin.sources.base import MappedLabels, SourceCase, Split, domain_name, register
@@ -68,7 +69,7 @@ def discover_nnunet(
             match = _CHANNEL0.match(image.name)
             if match is None:
                 continue  # other channels (_0001, ...) are not used: one grey channel per case
-            name = match.group("name")
+            name = check_case_id(match.group("name"), image, "case name")
             suffix = ".nii.gz" if image.name.endswith(".gz") else ".nii"
             cases.append(
                 SourceCase(
