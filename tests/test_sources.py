@@ -20,7 +20,9 @@ from fedgin.errors import ConfigError, DataError
 from fedgin.sources import MappedLabels, MaskLabels, discover, hash_split
 from nifti_factory import (
     NNUNET_LABEL_MAP,
+    make_phantom,
     reorient,
+    save,
     write_amos,
     write_meta,
     write_nnunet,
@@ -321,3 +323,15 @@ def test_source_ids_that_are_plain_names_are_kept(tmp_path: Path) -> None:
         check_case_id("C:x", tmp_path)
     with pytest.raises(ValueError, match=re.escape("holds '..'")):
         case_files("totalseg-ct-a..b")
+
+
+def test_predict_names_outputs_in_a_folder_only_after_plain_input_names(tmp_path: Path) -> None:
+    phantom = make_phantom()
+    save(phantom.image, phantom.affine, tmp_path / "in" / "scan 1.nii.gz")
+    result = CliRunner().invoke(
+        app, ["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", "none.pt"]
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert f"{tmp_path / 'in' / 'scan 1.nii.gz'}: its case name 'scan 1' is not a plain name" in line
+    assert "-o NAME.nii.gz" in line and not (tmp_path / "out").exists()

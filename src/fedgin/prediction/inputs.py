@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 from pydicom.misc import is_dicom
 
+from fedgin.case_ids import case_id_problem, plain_name_message
 from fedgin.config import Modality
 from fedgin.errors import ConfigError, DataError
 from fedgin.nifti import by_case_name, check_volume_shape, load_nifti, nifti_files, nifti_stem, read_image
@@ -95,6 +96,16 @@ def find_inputs(path: str | Path, series: str | None = None) -> list[PredictInpu
     if series is not None and len(found) > 1:
         name = f"{name}_{chosen.number or chosen.uid.rsplit('.', 1)[-1]}"
     return [PredictInput(name, path, "dicom", chosen)]
+
+
+def output_name(item: PredictInput) -> str:
+    """The input's name, for outputs written into a folder (`<name>.nii.gz`, `<name>.json`): DataError naming
+    the input unless the name is a plain name, as a case id of a data set must be."""
+    problem = case_id_problem(item.name)
+    if problem is not None:
+        message = plain_name_message("its case name", item.name, problem)
+        raise DataError(item.path, f"{message}; rename it, or give one output file with -o NAME.nii.gz")
+    return item.name
 
 
 def check_input(item: PredictInput, force: bool = False) -> None:

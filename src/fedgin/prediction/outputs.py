@@ -24,7 +24,7 @@ from rich.table import Table
 from fedgin.config import Modality
 from fedgin.errors import DataError
 from fedgin.nifti import nifti_stem
-from fedgin.prediction.inputs import LoadedInput, PredictInput
+from fedgin.prediction.inputs import LoadedInput, PredictInput, output_name
 from fedgin.prediction.model_file import PredictionModel
 
 #: Format tag of the JSON written next to every predicted label file.
@@ -68,7 +68,8 @@ def plan_outputs(inputs: Sequence[PredictInput], output: Path, preview: bool, ov
 
     An OUTPUT named *.nii.gz / *.nii is the label file of the one input, with `<stem>.json`,
     `<stem>_volumes.csv` and `<stem>_preview.png` beside it; any other OUTPUT is a folder that receives
-    `<case>.nii.gz`, `<case>.json` and `<case>_preview.png` per input and one `volumes.csv`.
+    `<case>.nii.gz`, `<case>.json` and `<case>_preview.png` per input and one `volumes.csv` (DataError
+    for an input whose name is not a plain name, see `output_name`).
     """
     output = Path(output)
     stem = nifti_stem(output)
@@ -88,13 +89,14 @@ def plan_outputs(inputs: Sequence[PredictInput], output: Path, preview: bool, ov
     else:
         if output.exists() and not output.is_dir():
             raise DataError(output, "exists and is not a folder (name a .nii.gz file, or a folder)")
+        names = [output_name(item) for item in inputs]
         cases = tuple(
             CaseOutputs(
-                output / f"{item.name}.nii.gz",
-                output / f"{item.name}.json",
-                output / f"{item.name}_preview.png" if preview else None,
+                output / f"{name}.nii.gz",
+                output / f"{name}.json",
+                output / f"{name}_preview.png" if preview else None,
             )
-            for item in inputs
+            for name in names
         )
         plan = OutputPlan(cases, output / "volumes.csv", output)
     sources = {item.path.resolve() for item in inputs}
