@@ -211,6 +211,13 @@ def _totalseg_symlinked_folder(tmp: Path, root: Path) -> tuple[Path, str]:
     return root / "s0002" / "ct.nii.gz", f"case s0002: resolves to {tmp / 'outside' / 's0002' / 'ct.nii.gz'}"
 
 
+def _totalseg_symlink_loop(tmp: Path, root: Path) -> tuple[Path, str]:
+    write_totalseg(root, ["s0001"])
+    (root / "s0002").symlink_to(root / "s0002", target_is_directory=True)
+    write_meta(root, ["image_id", "split"], [["s0001", "train"], ["s0002", "train"]])
+    return root / "s0002" / "ct.nii.gz", "case s0002: cannot be resolved"
+
+
 def _amos_dataset_json_key(tmp: Path, root: Path) -> tuple[Path, str]:
     write_amos(root, train_ids=[1])
     dataset = root / "dataset.json"
@@ -270,6 +277,7 @@ REFUSED_LAYOUTS = {
     "totalseg-mri traversal": ("totalseg-mri", _totalseg_mri_traversal),
     "totalseg folder name": ("totalseg-ct", _totalseg_folder_without_meta),
     "totalseg symlink out": ("totalseg-ct", _totalseg_symlinked_folder),
+    "totalseg symlink loop": ("totalseg-ct", _totalseg_symlink_loop),
     "amos dataset.json": ("amos", _amos_dataset_json_key),
     "amos duplicate": ("amos", _amos_duplicate),
     "amos symlink out": ("amos", _amos_symlinked_file),

@@ -178,8 +178,8 @@ def read_index(root: Path) -> dict[str, dict[str, str]]:
 
     DataError naming index.csv for a file that is not a cache index: not UTF-8 text or CSV, columns
     missing, a row with too few or too many fields, a case id that is not a plain name (ids name the
-    case's files) or is listed twice. An index from before a column
-    of OPTIONAL_INDEX_COLUMNS was added reads as holding that column's default.
+    case's files) or is listed twice. An index from before a column of OPTIONAL_INDEX_COLUMNS was added
+    reads as holding that column's default.
     """
     path = root / INDEX_FILE
     if not path.exists():

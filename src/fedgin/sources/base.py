@@ -195,7 +195,10 @@ def check_below_root(cases: list[SourceCase], root: Path) -> None:
     resolved_root = root.resolve()
     for case in cases:
         for path in case.files():
-            resolved = path.resolve()
+            try:
+                resolved = path.resolve()
+            except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python 3.11)
+                raise DataError(path, f"case {case.case_id}: cannot be resolved ({error})") from None
             if not resolved.is_relative_to(resolved_root):
                 raise DataError(
                     path,
