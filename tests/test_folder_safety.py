@@ -163,19 +163,6 @@ def test_overwrite_refuses_a_folder_fedgin_did_not_make(
     assert "is a fedgin study folder, not a run folder" in line and (study / MARKER).is_file()
 
 
-def test_overwrite_replaces_a_run_folder_fedgin_made(tmp_path: Path) -> None:
-    """A marked run folder and one of fedgin 0.8 (config.toml + checkpoints/last.pt) are emptied."""
-    for marked in (True, False):
-        run = RunDirectory(fedgin_run(tmp_path / f"run-{marked}"), "single-site")
-        if not marked:
-            (run.path / MARKER).unlink()
-        (run.path / "stale.txt").write_text("from the earlier run")
-        assert run.check(resume=False, overwrite=True) is None
-        run.start(RunConfig(name="r", output=run.path), None, overwrite=True)
-        assert not (run.path / "stale.txt").exists() and not run.last_checkpoint.exists()
-        assert marked_kind(run.path) == "run" and (run.path / "config.toml").is_file()
-
-
 # -- the working folder, the home folder and the folders above are never a run -------------------------------
 @pytest.mark.parametrize("where", ["dot", "cwd", "home", "ancestor"])
 def test_working_home_and_ancestor_folders_are_always_refused(
