@@ -14,6 +14,7 @@ from fedgin.checkpoints import CHECKPOINT_FORMAT
 from fedgin.cli import app
 from fedgin.config import DataSpec, ModelConfig, RunConfig, dump_toml
 from fedgin.errors import ConfigError
+from fedgin.folders import marked_kind
 from fedgin.model import resolve_amp, resolve_device_and_amp
 from fedgin.runs import Best, RunDirectory
 
@@ -28,7 +29,7 @@ def test_check_refuses_resumes_and_overwrites(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nothing to resume"):
         run.check(resume=True, overwrite=False)
     run.start(small_config(run.path), None, overwrite=False)
-    assert (run.path / "config.toml").is_file()
+    assert (run.path / "config.toml").is_file() and marked_kind(run.path) == "run"
     with pytest.raises(ConfigError, match="not empty; pass --resume"):
         run.check(resume=False, overwrite=False)
     (run.path / "stale.txt").write_text("from another run")
@@ -40,6 +41,26 @@ def test_check_refuses_resumes_and_overwrites(tmp_path: Path) -> None:
         "last.pt", model={}, config=small_config(run.path), progress=3, history=[], best=Best()
     )
     assert run.check(resume=True, overwrite=False) == run.last_checkpoint
+
+
+def test_overwrite_deletes_only_a_run_folder(tmp_path: Path) -> None:
+    """A folder fedgin did not make is refused by check and again by start (nothing deleted); a run of
+    fedgin 0.8 (config.toml and checkpoints/last.pt, no marker) is still replaced."""
+    plain = RunDirectory(tmp_path / "plain", "single-site")
+    plain.path.mkdir()
+    (plain.path / "mine.txt").write_text("not a run")
+    for step in (lambda: plain.check(resume=False, overwrite=True),
+                 lambda: plain.start(small_config(plain.path), None, overwrite=True)):  # fmt: skip
+        with pytest.raises(ConfigError, match="holds files fedgin did not make, not a run folder"):
+            step()
+    assert (plain.path / "mine.txt").read_text() == "not a run"
+    old = RunDirectory(tmp_path / "old", "single-site")
+    old.checkpoints.mkdir(parents=True)
+    torch.save({"model": {}, "config": {}, "step": 1}, old.last_checkpoint)
+    dump_toml(small_config(old.path), old.path / "config.toml")
+    assert old.check(resume=False, overwrite=True) is None
+    old.start(small_config(old.path), None, overwrite=True)
+    assert not old.last_checkpoint.exists() and marked_kind(old.path) == "run"
 
 
 @pytest.mark.parametrize(("kind", "unit", "csv_name"), [("single-site", "step", "metrics.csv"),

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
 from fedgin.config import PreprocessConfig, SynthConfig
-from fedgin.io_utils import atomic_write_json
+from fedgin.io_utils import atomic_write_json, staged_folder
 
 
 @dataclass(frozen=True)
@@ -65,12 +64,9 @@ def generate_once(dataset: DemoDataset, config: SynthConfig, folder: Path, conso
         console.print(f"reusing {folder}")
         return False
     # Generate beside the target and move it in place, so an interrupted run never leaves a half data set
-    # that a later run would take for a whole one.
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    summary = generate(config, dataset.layout, partial, overwrite=True)  # type: ignore[arg-type]
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    # that a later run would take for a whole one; only a data set fedgin made is replaced.
+    with staged_folder(folder, "data") as staging:
+        summary = generate(config, dataset.layout, staging)  # type: ignore[arg-type]
     atomic_write_json(record, wanted)
     console.print(
         f"generated {folder}: {len(summary.cases)} cases, {summary.seconds_per_subject:.2f} s per subject"

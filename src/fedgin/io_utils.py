@@ -9,9 +9,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fedgin.folders import FolderKind
 
 
 @contextmanager
@@ -55,19 +58,28 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 @contextmanager
-def staged_folder(out_dir: str | Path) -> Iterator[Path]:
-    """A sibling staging folder to fill; on success it takes the place of `out_dir` (an existing one is
-    replaced), on failure it is removed and `out_dir` stays as it was."""
+def staged_folder(out_dir: str | Path, kind: FolderKind) -> Iterator[Path]:
+    """A sibling staging folder to fill; on success it takes the place of `out_dir`, on failure it is
+    removed and `out_dir` stays as it was.
+
+    `out_dir` is replaced only when it is absent, empty or fedgin's folder of `kind` (fedgin.folders):
+    anything else is refused before the staging folder is made. The new folder carries the marker.
+    """
+    from fedgin.folders import check_replaceable, mark
+
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, kind)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would stay the folder's mode
         yield staging
+        mark(staging, kind)
+        check_replaceable(out_dir, kind)  # what the work took time for may have changed meanwhile
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
+            # A fresh empty folder to rename the old one onto: only what fedgin made here is deleted.
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, old)
             staging.rename(out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:

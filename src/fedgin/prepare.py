@@ -25,6 +25,7 @@ from fedgin.cache import (
 )
 from fedgin.config import Modality, PreprocessConfig
 from fedgin.errors import DataError
+from fedgin.folders import check_fillable, mark
 from fedgin.io_utils import atomic_save_npy, atomic_write_json
 from fedgin.labels import NUM_CLASSES, ORGANS
 from fedgin.preprocessing import preprocess
@@ -192,10 +193,14 @@ def prepare(
     Cases whose fingerprint is unchanged are skipped, so an interrupted run resumes; a bad case is reported
     as one `path: problem` line and never indexed while the others are prepared (fail_fast raises instead).
     One cache holds one preprocessing config: a different config drops the rows prepared with the old one.
+    `out` is never the root, home or working folder (or above it) nor a folder fedgin made as something
+    else (a run, a study...); it is marked as a cache (fedgin.folders).
     """
     root, out = Path(root), Path(out)
     cases = discover(source, root, label_map=label_map, modality=modality, split_override=split_override)
+    check_fillable(out, "cache")
     out.mkdir(parents=True, exist_ok=True)
+    mark(out, "cache")
     (out / CASES_DIR).mkdir(exist_ok=True)
     _clean_stray_tmp(out)
     report = PrepareReport(cache=out)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ import torch
 from fedgin.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from fedgin.config import Settings, dump_toml
 from fedgin.errors import ConfigError
+from fedgin.folders import check_fillable, check_replaceable, mark
+from fedgin.folders import remove as remove_folder
 from fedgin.io_utils import atomic_path, atomic_write_json, atomic_write_text
 
 RunKind = Literal["single-site", "federated"]
@@ -101,8 +102,11 @@ class RunDirectory:
         """The checkpoint to resume from, or None for a fresh run; refuses to mix two runs' files.
 
         Writes nothing, so a run can be refused (or its configuration found unusable) before its folder
-        is touched.
+        is touched. The root, home and working folder and those above it are never a run folder;
+        --overwrite replaces only a run folder fedgin made (fedgin.folders), and --resume continues
+        nothing that fedgin made as something else.
         """
+        check_fillable(self.path, "run")
         if resume and self.last_checkpoint.is_file():
             return self.last_checkpoint
         if resume:
@@ -111,16 +115,20 @@ class RunDirectory:
             raise ConfigError(
                 f"{self.path}: run directory is not empty; pass --resume to continue or --overwrite"
             )
+        if overwrite:
+            check_replaceable(self.path, "run")
         return None
 
     def start(self, config: Settings, resume_from: Path | None, overwrite: bool) -> None:
-        """Make the folder (emptied first for an --overwrite of a fresh run) and write config.toml.
+        """Make the folder (emptied first for an --overwrite of a fresh run), mark it as a run folder and
+        write config.toml.
 
         Called after `check` and after everything that can refuse the configuration has run.
         """
         if resume_from is None and overwrite:
-            shutil.rmtree(self.path, ignore_errors=True)
+            remove_folder(self.path, "run")  # checked again: only a run folder fedgin made goes
         self.path.mkdir(parents=True, exist_ok=True)
+        mark(self.path, "run")
         dump_toml(config, self.path / "config.toml")
 
     # -- during the run -----------------------------------------------------------------------------------

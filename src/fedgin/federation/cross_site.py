@@ -32,6 +32,7 @@ from fedgin.config import ClientSpec, ModelConfig, RunConfig
 from fedgin.errors import ConfigError, DataError
 from fedgin.federation import protocol
 from fedgin.federation.site_requests import SiteRequests
+from fedgin.folders import check_replaceable
 
 #: The ClientApp's action: message type "evaluate.cross_site".
 ACTION = "cross_site"
@@ -163,6 +164,7 @@ class CrossSiteServer(SiteRequests):
         if len(set(names)) != len(names):
             raise ConfigError(f"cross-site evaluation: model names must differ ({', '.join(names)})")
         self.models, self.out_dir, self.split = models, Path(out_dir), split
+        check_replaceable(self.out_dir, "cross-site")  # before any site is asked: nothing else is replaced
         self.result: CrossSiteResult | None = None
 
     def main(self, grid: Grid, context: Context) -> None:
@@ -234,11 +236,12 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def write_staged(out_dir: Path, rows: list[dict], info: Mapping) -> list[Path]:
-    """cross_site.csv, .json and .png into a staging folder, then in place of `out_dir`."""
+    """cross_site.csv, .json and .png into a staging folder, then in place of `out_dir` (only a
+    cross-site folder fedgin made is replaced)."""
     from fedgin.figures import plot_cross_site
     from fedgin.io_utils import atomic_write_json, atomic_write_text, staged_folder
 
-    with staged_folder(out_dir) as staging:
+    with staged_folder(out_dir, "cross-site") as staging:
         atomic_write_text(staging / "cross_site.csv", csv_text(rows))
         atomic_write_json(staging / "cross_site.json", dict(info))
         plot_cross_site(rows, staging / "cross_site.png")

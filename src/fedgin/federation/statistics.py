@@ -28,6 +28,7 @@ from fedgin import statistics
 from fedgin.config import ClientSpec, RunConfig, StatsConfig
 from fedgin.errors import ConfigError
 from fedgin.federation.site_requests import SiteRequests
+from fedgin.folders import check_replaceable
 from fedgin.training.seeding import derive_seed
 
 #: The ClientApp's action for statistics requests: message type "query.stats".
@@ -82,6 +83,7 @@ class StatisticsServer(SiteRequests):
     def __init__(self, config: RunConfig, console: Console, out_dir: Path) -> None:
         super().__init__(config, console)
         self.out_dir = Path(out_dir)
+        check_replaceable(self.out_dir, "stats")  # before any site is asked: nothing else is replaced
         self.result: StatisticsResult | None = None
 
     def request(self, grid: Grid, step: str, edges: dict | None = None) -> dict[str, dict]:
@@ -122,10 +124,10 @@ class StatisticsServer(SiteRequests):
 
 def write_staged(out_dir: Path, merged: dict, settings: StatsConfig, warnings: list[str]) -> list[Path]:
     """Write the statistics into a staging folder that then takes the place of `out_dir` (a failure
-    half-way leaves the previous statistics untouched)."""
+    half-way leaves the previous statistics untouched); only a statistics folder fedgin made is replaced."""
     from fedgin.io_utils import staged_folder
 
-    with staged_folder(out_dir) as staging:
+    with staged_folder(out_dir, "stats") as staging:
         written = statistics.write_outputs(staging, merged, settings, warnings)
     return [out_dir / Path(path).name for path in written]
 

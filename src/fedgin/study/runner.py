@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ from rich.console import Console
 
 from fedgin.config import dump_toml, read_toml
 from fedgin.errors import ConfigError, FedginError
+from fedgin.folders import check_fillable, mark
+from fedgin.folders import remove as remove_folder
 from fedgin.io_utils import atomic_write_json
 from fedgin.study.config import METHODS, StudyConfig
 from fedgin.study.plan import PlannedRun, plan_study, unique_runs
@@ -84,10 +85,12 @@ def prepare_sources(config: StudyConfig, console: Console) -> None:
 
 
 def _check_output(config: StudyConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two different studies in one folder; --resume only continues the same study."""
+    """Refuse to mix two different studies in one folder; --resume only continues the same study;
+    --overwrite deletes only a study folder fedgin made (fedgin.folders)."""
     recorded = config.output / "study.toml"
+    check_fillable(config.output, "study")
     if overwrite:
-        shutil.rmtree(config.output, ignore_errors=True)
+        remove_folder(config.output, "study")
         return
     if not recorded.is_file():
         if config.output.is_dir() and any(config.output.iterdir()) and not resume:
@@ -200,6 +203,7 @@ def run_study(
     started = time.perf_counter()
     _check_output(config, resume, overwrite)
     config.output.mkdir(parents=True, exist_ok=True)
+    mark(config.output, "study")
     dump_toml(config, config.output / "study.toml")
     prepare_sources(config, console)
     prepared = time.perf_counter()

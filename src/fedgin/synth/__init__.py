@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedgin.config import CTProtocol, MRProtocol, SynthConfig
 from fedgin.errors import ConfigError
+from fedgin.folders import mark
 from fedgin.io_utils import atomic_write_json
 from fedgin.synth.anatomy import Anatomy, Structure, Tissue, make_anatomy
 from fedgin.synth.layouts import (
@@ -187,6 +188,7 @@ def generate(
     write_case = write_totalseg_case if layout == "totalseg" else write_amos_case
     affine = affine_for(config.spacing, config.shape)
     out.mkdir(parents=True, exist_ok=True)
+    mark(out, "data")
 
     by_subject: dict[int, list] = {}
     for plan in plans:

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from fedgin.errors import ConfigError
+from fedgin.folders import check_fillable
 from fedgin.io_utils import atomic_write, atomic_write_json, atomic_write_text
 from fedgin.labels import AMOS_LABEL_NAMES, TOTALSEG_MASKS
 from fedgin.synth.anatomy import Structure
@@ -207,7 +208,9 @@ def write_amos_dataset_json(out: Path, plans: Sequence[CasePlan], seed: int) -> 
 
 
 def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty existing folder unless `overwrite` (then files are replaced, others kept)."""
+    """Refuse a non-empty existing folder unless `overwrite` (then files are replaced, others kept); never
+    the root, home or working folder (or above it), nor a folder fedgin made as something else."""
+    check_fillable(out, "data")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: output path exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
