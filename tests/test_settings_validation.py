@@ -65,10 +65,15 @@ def test_non_finite_numbers(tmp_path: Path, command: str, text: str, setting: st
         ("mri_percentiles = [99.5, 0.5]", "preprocess.mri_percentiles"),
         ("mri_percentiles = [0.5, 100.5]", "preprocess.mri_percentiles"),
         ("ct_window = [nan, 275]", "preprocess.ct_window"),
+        ("volume_range_ml = [100.0, 1.0]", "stats.volume_range_ml"),
     ],
 )
 def test_ordered_windows_and_percentiles(tmp_path: Path, text: str, setting: str) -> None:
     """A reversed window or NaN bound once wrote all-zero or all-NaN images with rc 0."""
+    if setting.startswith("stats."):
+        args, out = run_toml(tmp_path, "stats", f"[stats]\n{text}")
+        assert_refused(args, setting, out)
+        return
     toml = tmp_path / "run.toml"
     toml.write_text(f"[preprocess]\n{text}\n")
     out = tmp_path / "cache"
@@ -82,13 +87,15 @@ def test_ordered_windows_and_percentiles(tmp_path: Path, text: str, setting: str
         ("train", "[model]\nchannels = [-8, 16, 32]\nstrides = [2, 2]", [], "model.channels"),
         ("train", '[train]\ndevice = "banana"', [], "train.device"),
         ("train", '[train]\ndevice = "cuda:x"', [], "train.device"),
-        ("evaluate", "", ["--device", "banana"], "--device"),
+        ("evaluate", "", ["--pred", ".", "--ref", ".", "--device", "banana"], "--device banana"),
+        ("predict", "", ["-i", ".", "-m", "model.pt", "--device", "banana"], "--device banana"),
+        ("prepare", "", ["--source", "amos", "--root", ".", "--workers", "0"], "--workers"),
     ],
 )
-def test_model_and_device(tmp_path: Path, command: str, text: str, options: list[str], setting: str) -> None:
-    if command == "evaluate":
+def test_model_device_and_options(tmp_path: Path, command: str, text: str, options: list[str], setting: str) -> None:
+    if not text:  # options only
         out = tmp_path / "out"
-        args = ["evaluate", "--pred", tmp_path, "--ref", tmp_path, "--out", out, *options]
+        args = [command, "--out", out, *options]
     else:
         args, out = run_toml(tmp_path, command, text, *options)
     assert_refused(args, setting, out)
@@ -171,7 +178,9 @@ def test_late_failures_come_before_training(
 ) -> None:
     """`federate --cross-site` with a site that has no test cases, and a TensorBoard folder that cannot be
     made, are refused before the first step (they once failed after training)."""
-    model = "[model]\nchannels = [4, 8]\nstrides = [2]\nnum_res_units = 1\n[train]\nsteps = 1\nbatch_size = 2\n"
+    model = (
+        "[model]\nchannels = [4, 8]\nstrides = [2]\nnum_res_units = 1\n[train]\nsteps = 1\nbatch_size = 2\n"
+    )
     federation = (
         f"{model}[federation]\nrounds = 1\nlocal_steps = 1\n"
         f'[[federation.clients]]\nname = "a"\n[[federation.clients.data]]\ncache = "{caches["ct"]}"\n'

@@ -269,6 +269,7 @@ def prepare(
     """Preprocess a data set (TotalSegmentator, AMOS, nnU-Net folder) into a training cache."""
     from fedgin.prepare import prepare as run_prepare
 
+    check_workers(workers)
     report = run_prepare(
         source,
         root,
@@ -781,15 +782,11 @@ def evaluate(
 
     Give either --checkpoint and --data (a model on cached cases) or --pred and --ref (two label folders).
     """
-    from fedgin.config import check_device_name
     from fedgin.evaluation.evaluate import evaluate_checkpoint, evaluate_folders, summary_table
 
     if not (math.isfinite(nsd_tolerance) and nsd_tolerance > 0):
         raise ConfigError(f"--nsd-tolerance must be a finite number of mm above 0, got {nsd_tolerance}")
-    try:
-        check_device_name(device)
-    except ValueError as error:
-        raise ConfigError(f"--device: {error}") from None
+    check_device_option(device)
     if checkpoint is not None and data:
         out = out or checkpoint.parent.parent / f"eval_{split}"
         result = evaluate_checkpoint(
@@ -900,6 +897,7 @@ def demo(
     """The main job on the embedded data: generate, prepare, then the quick FedGIN study and its report."""
     from fedgin.demo import run_demo, run_demo_study
 
+    check_workers(workers)
     chosen = parse_seeds(seeds) if seeds is not None else None
     data = run_demo(out, subjects=subjects, workers=workers, console=console)
     if study:
@@ -959,6 +957,21 @@ def study_command(
     run_study(settings, resume=resume, overwrite=overwrite, console=console)
 
 
+def check_device_option(device: str) -> None:
+    """ConfigError (one line) for a `--device` that names no device (checked before any file is read)."""
+    from fedgin.config import check_device_name
+
+    try:
+        check_device_name(device)
+    except ValueError as error:
+        raise ConfigError(f"--device {device}: {error}") from None
+
+
+def check_workers(workers: int) -> None:
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+
+
 def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
     """`--seeds 1,2,3` -> [1, 2, 3]; ConfigError (one line) for no seed or one that is not an integer."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
@@ -1016,6 +1029,7 @@ def predict(
     """Segment new scans: label NIfTI in each input's own geometry, organ volumes (mL) as table and CSV."""
     from fedgin.prediction import run_prediction, volumes_table
 
+    check_device_option(device)
     report = run_prediction(
         input_path,
         output,

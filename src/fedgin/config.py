@@ -711,6 +711,13 @@ class StatsConfig(Settings):
     )
     spacing_bins: int = Field(40, ge=2, le=1_000)
 
+    @field_validator("volume_range_ml", "spacing_range_mm")
+    @classmethod
+    def _ordered_range(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if not bounds[0] < bounds[1]:
+            raise ValueError(f"the range must be [low, high] with low < high, got {list(bounds)}")
+        return bounds
+
 
 class TrackingConfig(Settings):
     """Experiment tracking; off unless a folder is given (the `tracking` extra installs TensorBoard)."""
