@@ -92,7 +92,9 @@ def test_ordered_windows_and_percentiles(tmp_path: Path, text: str, setting: str
         ("prepare", "", ["--source", "amos", "--root", ".", "--workers", "0"], "--workers"),
     ],
 )
-def test_model_device_and_options(tmp_path: Path, command: str, text: str, options: list[str], setting: str) -> None:
+def test_model_device_and_options(
+    tmp_path: Path, command: str, text: str, options: list[str], setting: str
+) -> None:
     if not text:  # options only
         out = tmp_path / "out"
         args = [command, "--out", out, *options]
@@ -196,3 +198,5 @@ def test_late_failures_come_before_training(
         "--tensorboard", str(blocker / "tb"),
     )  # fmt: skip
     assert_refused(args, "tracking.tensorboard", out)
+    study = ["study", "--preset", "quick", "--out", out, "--tensorboard", blocker / "tb"]
+    assert_refused(study, "tracking.tensorboard", out)  # before its sources are prepared

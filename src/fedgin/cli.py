@@ -954,6 +954,9 @@ def study_command(
     if report_only:
         console.print(f"report: {write_report(settings, plan_study(settings))}")
         return
+    from fedgin.tracking import check_tracking
+
+    check_tracking(settings.tracking)  # before the sources are prepared and the first run trains
     run_study(settings, resume=resume, overwrite=overwrite, console=console)
 
 

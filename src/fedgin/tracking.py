@@ -110,6 +110,14 @@ def _summary_writer_class() -> type:
     return SummaryWriter
 
 
+def check_tracking(tracking: TrackingConfig) -> None:
+    """ConfigError (one line) unless tracking is off, or TensorBoard is installed and its folder can be made:
+    for a command that runs several trainings (a study), checked before the first of them."""
+    if tracking.tensorboard is not None:
+        check_writable_folder(Path(tracking.tensorboard))
+        _summary_writer_class()
+
+
 def check_writable_folder(folder: Path) -> None:
     """ConfigError (one line) unless `folder` is, or can be made as, a folder this process may write in:
     its nearest existing part must be a folder with write permission. Nothing is made."""
@@ -203,4 +211,11 @@ class Tracker:
         self.close()
 
 
-__all__ = ["MISSING_EXTRA", "Tracker", "check_writable_folder", "folder_name", "tag_for"]
+__all__ = [
+    "MISSING_EXTRA",
+    "Tracker",
+    "check_tracking",
+    "check_writable_folder",
+    "folder_name",
+    "tag_for",
+]
