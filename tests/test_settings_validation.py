@@ -111,6 +111,14 @@ def test_sizes_within_what_the_machine_and_formats_hold(tmp_path: Path) -> None:
     mix.write_text("[weights]\nct_pv_120kvp_standard_3mm = 1e308\nct_art_100kvp_smooth_3mm = 1e308\n")
     assert_refused(["synth", "--out", out, "--protocols", mix], "weight of", out)
     assert_refused(["certs", "--out", out, "--sites", "a", "--days", "10000000"], "--days", out)
+    for text, setting in (
+        ("size = 1000000", "preprocess.size"),
+        ("spacing_mm = 1e-4", "preprocess.spacing_mm"),
+    ):
+        toml = tmp_path / "run.toml"
+        toml.write_text(f"[preprocess]\n{text}\n")
+        prepare_args = ["prepare", "--source", "amos", "--root", tmp_path, "--out", out, "--config", toml]
+        assert_refused(prepare_args, setting, out)
 
 
 @pytest.mark.parametrize(

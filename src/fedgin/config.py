@@ -65,11 +65,15 @@ class PreprocessConfig(Settings):
     """
 
     canonical: bool = Field(True, description="Reorient to RAS+ so that the last axis is axial (S).")
+    # Bounds far beyond any scanner, so that a slip (0.0001 mm, 10^6 voxels) is an error, not an OOM kill.
     spacing_mm: float | None = Field(
-        3.0, gt=0, description="In-plane spacing to resample to; None keeps the source spacing."
+        3.0, ge=0.05, description="In-plane spacing to resample to; None keeps the source spacing."
     )
     size: int | None = Field(
-        128, ge=8, description="Crop or pad every axial slice to size x size; None keeps the resampled size."
+        128,
+        ge=8,
+        le=4096,
+        description="Crop or pad every axial slice to size x size; None keeps the resampled size.",
     )
     ct_window: tuple[float, float] = Field(
         (-125.0, 275.0), description="CT intensity window in HU.", strict=False
