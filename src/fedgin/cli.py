@@ -971,19 +971,20 @@ def check_device_option(device: str) -> None:
 
 
 def check_workers(workers: int) -> None:
+    """`--workers` below 1 would silently mean one (prepare runs serially at <= 1)."""
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
 
 
-def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
+def parse_seeds(text: str) -> list[int]:
     """`--seeds 1,2,3` -> [1, 2, 3]; ConfigError (one line) for no seed or one that is not an integer."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts:
-        raise ConfigError(f"{option}: no seed given (comma-separated integers, e.g. 42,123)")
+        raise ConfigError("--seeds: no seed given (comma-separated integers, e.g. 42,123)")
     try:
         return [int(part) for part in parts]
     except ValueError:
-        raise ConfigError(f"{option}: {text!r} is not comma-separated integers (e.g. 42,123)") from None
+        raise ConfigError(f"--seeds: {text!r} is not comma-separated integers (e.g. 42,123)") from None
 
 
 def parse_methods(text: str) -> list[str]:
