@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -151,6 +152,7 @@ def synth(
         SynthConfig,
         source=f"fedgin synth{f' --protocols {protocols}' if protocols else ''}",
     )
+    check_synth_memory(config.shape, shape)
     summary = generate(config, layout, out, overwrite=overwrite)  # type: ignore[arg-type]
     used = Counter(case.protocol for case in summary.cases)
     listing = ", ".join(f"{name} x{count}" for name, count in sorted(used.items()))
@@ -163,6 +165,29 @@ def synth(
         names = [name for modality in config.modalities for name in sorted(mix.for_modality(modality))]
         png = save_protocol_preview(out / "preview.png", config, names)
         console.print(f"preview: {png}")
+
+
+#: Bytes of memory per voxel while one synthetic volume is rendered (measured: about 64 at 192 x 192 x 96).
+SYNTH_BYTES_PER_VOXEL = 64
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_synth_memory(shape: tuple[int, int, int], option: str) -> None:
+    """ConfigError (one line) for a `--shape` whose volume could not be rendered in this machine's memory."""
+    needed = SYNTH_BYTES_PER_VOXEL * shape[0] * shape[1] * shape[2]
+    memory = physical_memory()
+    if memory is not None and needed > memory:
+        raise ConfigError(
+            f"--shape {option}: rendering one volume needs about {needed / 2**30:,.0f} GiB of memory, "
+            f"more than this machine's {memory / 2**30:,.0f} GiB"
+        )
 
 
 @app.command()
@@ -244,6 +269,7 @@ def prepare(
     """Preprocess a data set (TotalSegmentator, AMOS, nnU-Net folder) into a training cache."""
     from fedgin.prepare import prepare as run_prepare
 
+    check_workers(workers)
     report = run_prepare(
         source,
         root,
@@ -326,6 +352,10 @@ def federate(
     run_config = load_federation_config(config, output, rounds)
     if tensorboard is not None:
         run_config.tracking.tensorboard = tensorboard
+    if cross_site:
+        from fedgin.federation.preflight import check_held_out_cases
+
+        check_held_out_cases(run_config, "test")  # before training, not after it
     result = run_federation(run_config, resume=resume, overwrite=overwrite, console=console)
     console.print(
         f"federation {result.run_dir}: {result.rounds} rounds in {result.seconds:.1f} s, best validation "
@@ -754,6 +784,9 @@ def evaluate(
     """
     from fedgin.evaluation.evaluate import evaluate_checkpoint, evaluate_folders, summary_table
 
+    if not (math.isfinite(nsd_tolerance) and nsd_tolerance > 0):
+        raise ConfigError(f"--nsd-tolerance must be a finite number of mm above 0, got {nsd_tolerance}")
+    check_device_option(device)
     if checkpoint is not None and data:
         out = out or checkpoint.parent.parent / f"eval_{split}"
         result = evaluate_checkpoint(
@@ -864,7 +897,8 @@ def demo(
     """The main job on the embedded data: generate, prepare, then the quick FedGIN study and its report."""
     from fedgin.demo import run_demo, run_demo_study
 
-    chosen = [int(seed) for seed in seeds.split(",") if seed.strip()] if seeds else None
+    check_workers(workers)
+    chosen = parse_seeds(seeds) if seeds is not None else None
     data = run_demo(out, subjects=subjects, workers=workers, console=console)
     if study:
         run_demo_study(out, console=console, fresh=data.regenerated, seeds=chosen)
@@ -912,15 +946,57 @@ def study_command(
     if output is not None:
         settings.output = output
     if seeds is not None:
-        settings.seeds = [int(seed) for seed in seeds.split(",") if seed.strip()]
+        settings.seeds = parse_seeds(seeds)
     if methods is not None:
-        settings.methods = [method.strip() for method in methods.split(",") if method.strip()]
+        settings.methods = parse_methods(methods)
     if tensorboard is not None:
         settings.tracking.tensorboard = tensorboard
     if report_only:
         console.print(f"report: {write_report(settings, plan_study(settings))}")
         return
+    from fedgin.tracking import check_tracking
+
+    check_tracking(settings.tracking)  # before the sources are prepared and the first run trains
     run_study(settings, resume=resume, overwrite=overwrite, console=console)
+
+
+def check_device_option(device: str) -> None:
+    """ConfigError (one line) for a `--device` that names no device (checked before any file is read)."""
+    from fedgin.config import check_device_name
+
+    try:
+        check_device_name(device)
+    except ValueError as error:
+        raise ConfigError(f"--device {device}: {error}") from None
+
+
+def check_workers(workers: int) -> None:
+    """`--workers` below 1 would silently mean one (prepare runs serially at <= 1)."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 1,2,3` -> [1, 2, 3]; ConfigError (one line) for no seed or one that is not an integer."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ConfigError("--seeds: no seed given (comma-separated integers, e.g. 42,123)")
+    try:
+        return [int(part) for part in parts]
+    except ValueError:
+        raise ConfigError(f"--seeds: {text!r} is not comma-separated integers (e.g. 42,123)") from None
+
+
+def parse_methods(text: str) -> list[str]:
+    """`--methods fedgin,local` -> the methods; ConfigError (one line) for none or an unknown one."""
+    from fedgin.study.config import METHODS
+
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [method for method in chosen if method not in METHODS]
+    if not chosen or unknown:
+        problem = f"unknown method {unknown[0]!r}" if unknown else "no method given"
+        raise ConfigError(f"--methods: {problem}; choose from {', '.join(METHODS)}")
+    return chosen
 
 
 @app.command()
@@ -957,6 +1033,7 @@ def predict(
     """Segment new scans: label NIfTI in each input's own geometry, organ volumes (mL) as table and CSV."""
     from fedgin.prediction import run_prediction, volumes_table
 
+    check_device_option(device)
     report = run_prediction(
         input_path,
         output,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -26,6 +27,17 @@ Modality = Literal["ct", "mri"]
 SynthModality = Literal["ct", "mri_t1", "mri_t2"]
 
 
+#: The device names a run accepts: auto (CUDA when present), cpu, cuda or cuda:N, mps (Apple GPUs).
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device_name(name: str) -> str:
+    """`name` if it is a device fedgin can run on (DEVICE_NAME), else ValueError saying which are."""
+    if not DEVICE_NAME.fullmatch(name):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
 class Settings(BaseModel):
     """Base of every configuration section: unknown keys are errors, not silently ignored.
 
@@ -33,13 +45,16 @@ class Settings(BaseModel):
     3 or True; an integer is accepted where a float is expected). Path and tuple fields are declared with
     `strict=False`: TOML and JSON have no such types, so they come as strings and lists (a tuple's items
     stay strict).
+
+    Every float is finite: inf or nan in a setting (`lr = inf`, `ct_window = [nan, 275]`) is refused when
+    the settings are read, not found later as a NaN model or an all-NaN image.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class PreprocessConfig(Settings):
@@ -50,11 +65,15 @@ class PreprocessConfig(Settings):
     """
 
     canonical: bool = Field(True, description="Reorient to RAS+ so that the last axis is axial (S).")
+    # Bounds far beyond any scanner, so that a slip (0.0001 mm, 10^6 voxels) is an error, not an OOM kill.
     spacing_mm: float | None = Field(
-        3.0, gt=0, description="In-plane spacing to resample to; None keeps the source spacing."
+        3.0, ge=0.05, description="In-plane spacing to resample to; None keeps the source spacing."
     )
     size: int | None = Field(
-        128, ge=8, description="Crop or pad every axial slice to size x size; None keeps the resampled size."
+        128,
+        ge=8,
+        le=4096,
+        description="Crop or pad every axial slice to size x size; None keeps the resampled size.",
     )
     ct_window: tuple[float, float] = Field(
         (-125.0, 275.0), description="CT intensity window in HU.", strict=False
@@ -63,6 +82,23 @@ class PreprocessConfig(Settings):
         (0.5, 99.5), description="MRI intensities are clipped to these percentiles.", strict=False
     )
     zscore: bool = Field(True, description="Per-volume z-score normalisation after windowing/clipping.")
+
+    # A reversed or empty window clips every voxel to one value: all-zero images, written with rc 0.
+    @field_validator("ct_window")
+    @classmethod
+    def _ordered_window(cls, window: tuple[float, float]) -> tuple[float, float]:
+        if not window[0] < window[1]:
+            raise ValueError(f"the window must be [low, high] with low < high (HU), got {list(window)}")
+        return window
+
+    @field_validator("mri_percentiles")
+    @classmethod
+    def _ordered_percentiles(cls, percentiles: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
+            raise ValueError(
+                f"the percentiles must be [low, high] with 0 <= low < high <= 100, got {list(percentiles)}"
+            )
+        return percentiles
 
 
 CTPhase = Literal["native", "arterial", "portal_venous", "delayed"]
@@ -163,6 +199,10 @@ class MRProtocol(Settings):
 Protocol = Annotated[CTProtocol | MRProtocol, Field(discriminator="modality")]
 
 
+#: The largest weight of a protocol in a mix (weights are relative: 1e6 to 1 is already all of one).
+MAX_PROTOCOL_WEIGHT = 1e6
+
+
 class ProtocolMix(Settings):
     """A data source as a weighted mix of acquisition protocols.
 
@@ -176,9 +216,12 @@ class ProtocolMix(Settings):
     @field_validator("weights")
     @classmethod
     def _weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        # Relative weights: bounded so that their sum stays finite (1e308 twice overflows to inf).
         for name, weight in weights.items():
-            if not weight >= 0 or weight == float("inf"):
-                raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {weight}")
+            if not 0 <= weight <= MAX_PROTOCOL_WEIGHT:
+                raise ValueError(
+                    f"weight of {name!r} must be a number from 0 to {MAX_PROTOCOL_WEIGHT:g}, got {weight}"
+                )
         if sum(weights.values()) <= 0:
             raise ValueError("the weights sum to 0; give at least one protocol a positive weight")
         return weights
@@ -187,6 +230,12 @@ class ProtocolMix(Settings):
     def _known_names(self) -> ProtocolMix:
         from fedgin.synth.protocols import PROTOCOLS
 
+        shadowing = sorted(name for name in self.custom if name in PROTOCOLS)
+        if shadowing:
+            raise ValueError(
+                f"custom protocol {shadowing[0]!r} has the name of a shipped protocol; give it a name of "
+                "its own (a custom protocol may not replace a shipped one)"
+            )
         unknown = [name for name in self.weights if name not in PROTOCOLS and name not in self.custom]
         if unknown:
             close = difflib.get_close_matches(unknown[0], [*PROTOCOLS, *self.custom], n=1)
@@ -195,13 +244,19 @@ class ProtocolMix(Settings):
         return self
 
 
+#: The largest size along one axis of a NIfTI-1 image (its header stores sizes as 16-bit signed integers).
+NIFTI_MAX_SIZE = 32767
+
+
 class SynthConfig(Settings):
     """The embedded synthetic abdomen generator (SPEC section 5)."""
 
     subjects: int = Field(10, ge=1)
     seed: int = 0
     shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
-        (128, 128, 64), description="Voxels along x, y, z (z axial), each at least 1.", strict=False
+        (128, 128, 64),
+        description="Voxels along x, y, z (z axial), each from 1 to 32767 (NIfTI-1 stores sizes as int16).",
+        strict=False,
     )
     spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
         (3.0, 3.0, 5.0), description="Voxel size in mm, each above 0.", strict=False
@@ -221,6 +276,16 @@ class SynthConfig(Settings):
         ),
     )
 
+    @field_validator("shape")
+    @classmethod
+    def _nifti_shape(cls, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        if max(shape) > NIFTI_MAX_SIZE:
+            raise ValueError(
+                f"each size must be at most {NIFTI_MAX_SIZE} voxels (NIfTI-1 stores sizes as 16-bit "
+                f"integers), got {list(shape)}"
+            )
+        return shape
+
     @field_validator("protocols")
     @classmethod
     def _preset(cls, value: str | ProtocolMix | None) -> str | ProtocolMix | None:
@@ -237,8 +302,12 @@ class DataSpec(Settings):
     """A selection of cached cases: one cache folder, optionally narrowed to splits, domains or cases."""
 
     cache: Path = Field(..., strict=False)
-    splits: list[str] | None = Field(None, description="Default: train for training, val for validation.")
-    domains: list[str] | None = Field(None, description="e.g. ['ct'] or ['mri_t2']; None keeps all.")
+    splits: list[str] | None = Field(
+        None, min_length=1, description="Default: train for training, val for validation."
+    )
+    domains: list[str] | None = Field(
+        None, min_length=1, description="e.g. ['ct'] or ['mri_t2']; None keeps all."
+    )
     skip_cases: int = Field(
         0, ge=0, description="Leave out the first N cases (to split a cache between sites)."
     )
@@ -257,12 +326,12 @@ class ModelConfig(Settings):
     """A MONAI U-Net; instance norm by default because batch-norm statistics break under FedAvg."""
 
     dimensions: Literal[2, 3] = 2
-    channels: tuple[int, ...] = Field((16, 32, 64, 128, 256), strict=False)
-    strides: tuple[int, ...] = Field((2, 2, 2, 2), strict=False)
+    channels: tuple[PositiveInt, ...] = Field((16, 32, 64, 128, 256), min_length=2, strict=False)
+    strides: tuple[PositiveInt, ...] = Field((2, 2, 2, 2), min_length=1, strict=False)
     num_res_units: int = Field(1, ge=0)
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    patch_size: tuple[int, int, int] = Field(
+    patch_size: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
         (32, 96, 96),
         description="3D models: training patch and sliding-window size, (Z, H, W) voxels.",
         strict=False,
@@ -317,6 +386,12 @@ class GINConfig(Settings):
             raise ValueError(f"kernel sizes must be odd positive integers, got {list(sizes)}")
         return sizes
 
+    @model_validator(mode="after")
+    def _ipa_needs_gin(self) -> GINConfig:
+        if self.ipa and not self.enabled:
+            raise ValueError("ipa = true needs GIN (enabled = true): IPA blends GIN's views")
+        return self
+
     @field_validator("alpha_range")
     @classmethod
     def _alpha_in_unit_interval(cls, bounds: tuple[float, float]) -> tuple[float, float]:
@@ -357,10 +432,15 @@ class TrainConfig(Settings):
     val_interval: int = Field(250, ge=1, description="Validate (whole volumes) every N steps.")
     val_max_cases: int | None = Field(None, ge=1, description="Validate on at most N cases per domain.")
     checkpoint_interval: int = Field(100, ge=1, description="Save the resumable checkpoint every N steps.")
-    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:N].")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda[:N] or mps.")
     amp: bool | None = Field(None, description="Mixed precision; None: on for CUDA, off for CPU.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     deterministic: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, name: str) -> str:
+        return check_device_name(name)
 
 
 class ClientSpec(Settings):
@@ -635,6 +715,13 @@ class StatsConfig(Settings):
     )
     spacing_bins: int = Field(40, ge=2, le=1_000)
 
+    @field_validator("volume_range_ml", "spacing_range_mm")
+    @classmethod
+    def _ordered_range(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if not bounds[0] < bounds[1]:
+            raise ValueError(f"the range must be [low, high] with low < high, got {list(bounds)}")
+        return bounds
+
 
 class TrackingConfig(Settings):
     """Experiment tracking; off unless a folder is given (the `tracking` extra installs TensorBoard)."""
@@ -711,7 +798,7 @@ def _problem(item: Any, names: list[str]) -> str:
         )
     if item["type"] in ("int_type", "float_type", "bool_type") and isinstance(value, str):
         return f"{message}, got the string {value!r} (write numbers and true/false without quotes)"
-    if item["type"] == "literal_error" or (
+    if item["type"] in ("literal_error", "finite_number") or (
         item["type"].endswith("_type") and isinstance(value, int | float | bool)
     ):
         return f"{message}, got {value!r}"

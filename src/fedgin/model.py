@@ -7,7 +7,7 @@ from monai.losses import DiceCELoss, DiceFocalLoss
 from monai.networks.nets import UNet
 from torch import nn
 
-from fedgin.config import ModelConfig, TrainConfig
+from fedgin.config import ModelConfig, TrainConfig, check_device_name
 from fedgin.errors import ConfigError
 from fedgin.labels import NUM_CLASSES
 
@@ -49,12 +49,23 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when a GPU is present, else the CPU."""
+    """`auto` picks CUDA when a GPU is present, else the CPU; ConfigError (one line) for a name that is not a
+    device (config.DEVICE_NAME) or a device this machine does not have."""
+    try:
+        check_device_name(name)
+    except ValueError as error:
+        raise ConfigError(f"train.device: {error}") from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name} asked for, but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device: {name} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device: {name} asked for, but no MPS (Apple GPU) device is available")
     return device
 
 

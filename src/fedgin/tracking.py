@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 import weakref
 from collections.abc import Mapping
@@ -109,6 +110,26 @@ def _summary_writer_class() -> type:
     return SummaryWriter
 
 
+def check_tracking(tracking: TrackingConfig) -> None:
+    """ConfigError (one line) unless tracking is off, or TensorBoard is installed and its folder can be made:
+    for a command that runs several trainings (a study), checked before the first of them."""
+    if tracking.tensorboard is not None:
+        check_writable_folder(Path(tracking.tensorboard))
+        _summary_writer_class()
+
+
+def check_writable_folder(folder: Path) -> None:
+    """ConfigError (one line) unless `folder` is, or can be made as, a folder this process may write in:
+    its nearest existing part must be a folder with write permission. Nothing is made."""
+    for existing in (folder, *folder.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise ConfigError(f"tracking.tensorboard: {existing} is a file, not a folder ({folder})")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(f"tracking.tensorboard: cannot write in {existing} (no write permission)")
+            return
+
+
 class Tracker:
     """Writes a run's rows as TensorBoard scalars; a no-op when tracking is off (`Tracker.open`)."""
 
@@ -127,11 +148,14 @@ class Tracker:
 
         `resume_step`: the last step (round) the run resumes after, 0 for a run started afresh; what an
         earlier attempt logged for later steps is hidden in TensorBoard. ConfigError (one line) if
-        TensorBoard is not installed.
+        TensorBoard is not installed or the folder cannot be made: checked here, before training, although
+        the writer is made only at the first scalars.
         """
         if tracking.tensorboard is None:
             return cls()
-        return cls(Path(tracking.tensorboard) / folder_name(name), purge_step=resume_step + 1)
+        folder = Path(tracking.tensorboard) / folder_name(name)
+        check_writable_folder(folder)
+        return cls(folder, purge_step=resume_step + 1)
 
     @property
     def enabled(self) -> bool:
@@ -187,4 +211,11 @@ class Tracker:
         self.close()
 
 
-__all__ = ["MISSING_EXTRA", "Tracker", "folder_name", "tag_for"]
+__all__ = [
+    "MISSING_EXTRA",
+    "Tracker",
+    "check_tracking",
+    "check_writable_folder",
+    "folder_name",
+    "tag_for",
+]

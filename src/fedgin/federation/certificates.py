@@ -110,6 +110,10 @@ def _supernode_files(name: str) -> dict[str, tuple[bytes, bool]]:
     }
 
 
+#: The last moment an X.509 certificate's validity can name (RFC 5280, 4.1.2.5.2).
+LAST_X509_DATE = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
+
+
 def _host_name(host: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
@@ -340,6 +344,13 @@ def make_dev_certificates(
         raise ConfigError(f"site names must be unique, got {', '.join(names)}")
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ConfigError(f"--days must be at least 1 (got {days!r}): the certificates would be expired")
+    # X.509 dates end at 9999-12-31 (RFC 5280's GeneralizedTime has four year digits).
+    most_days = (LAST_X509_DATE - dt.datetime.now(dt.UTC)).days
+    if days > most_days:
+        raise ConfigError(
+            f"--days {days} would end after 9999-12-31, the last date a certificate can hold "
+            f"(at most {most_days} days from today)"
+        )
     hosts = [str(host).strip() for host in hosts or []]
     for host in hosts:
         if not _HOST.match(host):

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedgin.config import ClientSpec, ModelConfig, RunConfig
-from fedgin.errors import ConfigError, DataError
+from fedgin.errors import ConfigError
 from fedgin.federation import protocol
 from fedgin.federation.site_requests import SiteRequests
 from fedgin.folders import check_replaceable
@@ -274,17 +274,12 @@ def run_cross_site(
 ) -> CrossSiteResult:
     """Cross-site evaluation of `models` at the federation's sites on Flower's simulation engine."""
     from fedgin.federation.client import app
+    from fedgin.federation.preflight import check_held_out_cases
     from fedgin.federation.simulation import simulate
 
     console = console or Console()
     config.federation.require_clients()
-    for spec in config.federation.clients:  # before Ray starts: one line for a site with nothing to score
-        try:
-            if not held_out_cases(spec, split):
-                caches = ", ".join(str(data.cache) for data in spec.data)
-                raise ConfigError(f"site {spec.name!r}: no cached cases of split {split!r} in {caches}")
-        except DataError as error:
-            raise DataError(error.path, f"{error.problem} (site {spec.name!r})") from None
+    check_held_out_cases(config, split)  # before Ray starts: one line for a site with nothing to score
     server = CrossSiteServer(config, console, models, out_dir, split)
     simulate(config, server.main, app, server.interrupt, Path(config.output) / ".flwr")
     if server.result is None:

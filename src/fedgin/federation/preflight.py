@@ -1,4 +1,5 @@
-"""Checks of a deployment's certificates and keys before a Flower process is started with them.
+"""Checks made before a Flower process or a federation starts: a deployment's certificates and keys, and
+the sites' held-out cases of a cross-site evaluation.
 
 Flower reads these files late and fails far from the cause: a SuperLink given a garbage `ca.crt` keeps
 serving while its SuperExec crashes, a SuperNode given a junk key exits with a multi-line report, and
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedgin.errors import DataError
+from fedgin.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from fedgin.config import RunConfig
 
 #: The elliptic curves Flower accepts for SuperNode authentication keys (flwr's `uses_nist_ec_curve`).
 NIST_CURVES = (ec.SECP192R1, ec.SECP224R1, ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
@@ -151,8 +156,24 @@ def check_supernode_public_key(path: str | Path) -> ec.EllipticCurvePublicKey:
     return key
 
 
+def check_held_out_cases(config: RunConfig, split: str) -> None:
+    """Every site of `config.federation.clients` has cached cases of `split` to score: one line naming the
+    site otherwise. Checked before Ray starts, and before a federation whose best model is scored by a
+    cross-site evaluation (`federate --cross-site`) trains."""
+    from fedgin.federation.cross_site import held_out_cases
+
+    for spec in config.federation.clients:
+        try:
+            if not held_out_cases(spec, split):
+                caches = ", ".join(str(data.cache) for data in spec.data)
+                raise ConfigError(f"site {spec.name!r}: no cached cases of split {split!r} in {caches}")
+        except DataError as error:
+            raise DataError(error.path, f"{error.problem} (site {spec.name!r})") from None
+
+
 __all__ = [
     "check_ca_certificate",
+    "check_held_out_cases",
     "check_server_credentials",
     "check_supernode_private_key",
     "check_supernode_public_key",

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from fedgin.config import (
     AffineConfig,
@@ -105,7 +105,7 @@ class StudyConfig(Settings):
     output: Path = Field(Path("runs/study"), strict=False)
     scenario: Literal["complete", "limited"] = "complete"
     seeds: list[int] = Field(default_factory=lambda: [42, 123, 215], min_length=1)
-    methods: list[Method] = Field(default_factory=lambda: list(PAPER_METHODS))
+    methods: list[Method] = Field(default_factory=lambda: list(PAPER_METHODS), min_length=1)
     ratios: list[str] = Field(default_factory=lambda: list(PAPER_RATIOS))
     limited_mri_cases: int = Field(
         4, ge=1, description="Limited scenario: MRI training cases of the whole federation (sites in order)."
@@ -140,7 +140,9 @@ class StudyConfig(Settings):
 
     @field_validator("ratios")
     @classmethod
-    def _check_ratios(cls, ratios: list[str]) -> list[str]:
+    def _check_ratios(cls, ratios: list[str], info: ValidationInfo) -> list[str]:
+        if not ratios and info.data.get("scenario") == "limited":
+            raise ValueError("the limited scenario needs at least one MRI:CT ratio (e.g. '1:2')")
         for ratio in ratios:
             parse_ratio(ratio)
         return ratios
