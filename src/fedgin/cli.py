@@ -498,6 +498,7 @@ def deploy_superlink(
     from fedgin.federation.app_signing import load_trusted
     from fedgin.federation.certificates import load_certificates
 
+    root = dep.runs_root(runs_root or Path.cwd())
     tls = {} if insecure else _server_tls(load_certificates(certs_dir) if certs_dir else None)
     if tls:
         from fedgin.federation.preflight import check_server_credentials
@@ -521,7 +522,8 @@ def deploy_superlink(
         **signing,
     )  # fmt: skip
     env = dep.flower_env(state / ".flwr")
-    env[dep.RUNS_ROOT_ENV] = str(dep.runs_root(runs_root or Path.cwd()))  # inherited by the ServerApp
+    env[dep.RUNS_ROOT_ENV] = str(root)  # inherited by flower-superexec and the ServerApp
+    console.print(f"runs root: {root} (runs read and write only below it)", highlight=False, soft_wrap=True)
     dep.launch(command, env, console, dry_run)
 
 

@@ -8,7 +8,8 @@ their data read from the caches in their node config; what travels between them 
 `fedgin.federation.protocol`. Flower's commands, the app folder and the environment are built in
 `fedgin.federation.flower`.
 
-Whatever the run configuration says, the ServerApp reads its config file and writes (and, with
+The ServerApp reads the config file only if its SHA-256 is the one in the (signed) app config. Whatever
+the run configuration says, it reads its config file and writes (and, with
 `overwrite`, deletes) only strictly below the runs root its SuperLink was given
 (`fedgin deploy superlink --runs-root`, passed down as FEDGIN_RUNS_ROOT; default: the folder the SuperLink
 runs in).
@@ -16,18 +17,20 @@ runs in).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tomllib
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
-from fedgin.config import RunConfig, load_toml
+from fedgin.config import RunConfig, validate
 from fedgin.errors import ConfigError
 from fedgin.federation import protocol
-from fedgin.federation.flower import RUNS_ROOT_ENV, below_runs_root, runs_root
+from fedgin.federation.flower import APP_CONFIG_SHA256, RUNS_ROOT_ENV, below_runs_root, runs_root
 
 server_app = ServerApp()
 
@@ -39,7 +42,14 @@ def server_main(grid: Grid, context: Context) -> None:
     run_config = dict(context.run_config)
     root = runs_root(os.environ.get(RUNS_ROOT_ENV) or Path.cwd())
     config_file = below_runs_root(root, str(run_config[protocol.APP_CONFIG_FILE]), "the run's config file")
-    config = load_toml(config_file, RunConfig)
+    try:
+        content = config_file.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{config_file}: cannot read the run's config file ({error.strerror})") from None
+    if hashlib.sha256(content).hexdigest() != str(run_config.get(APP_CONFIG_SHA256, "")):
+        raise ConfigError(f"{config_file} is not the config file the run was signed with: run refused")
+    # parsed from the bytes just checked (the file could change after)
+    config = validate(tomllib.loads(content.decode("utf-8")), RunConfig, source=str(config_file))
     config.federation.require_clients()
     task = str(run_config.get(protocol.APP_TASK, protocol.TASK_TRAIN))
     if task not in (protocol.TASK_TRAIN, protocol.TASK_STATS, protocol.TASK_CROSS_SITE):

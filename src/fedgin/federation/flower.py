@@ -18,6 +18,7 @@ Fleet, Control and Runtime APIs over HTTPS on one `--host:--port`):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -40,6 +41,8 @@ SUPERLINK_PORT = 9092
 SUPERNODE_PORT = 9094
 #: The resolved fedgin run config in the app folder (read by the ServerApp; excluded from the FAB).
 APP_RUN_CONFIG = "fedgin.toml"
+#: App config key of fedgin.toml's SHA-256: the signed FAB covers the config file's content through it.
+APP_CONFIG_SHA256 = "fedgin-config-sha256"
 
 #: The ServerApp's runs root (set by `fedgin deploy superlink`, inherited through flower-superexec).
 RUNS_ROOT_ENV = "FEDGIN_RUNS_ROOT"
@@ -404,8 +407,9 @@ def write_app(
     `models` (name -> checkpoint on this machine) on the sites' `split` (cross-site, into `out`).
 
     The app config carries the absolute path of fedgin.toml, read by the ServerApp on the SuperLink's
-    machine; fedgin.toml is left out of the FAB (which reaches every site): each site learns only its
-    own data specification, from the server's first message to it.
+    machine, and its SHA-256 (so the app's signature covers its content); fedgin.toml is left out of the
+    FAB (which reaches every site): each site learns only its own data specification, from the server's
+    first message to it.
     """
     if task not in (protocol.TASK_TRAIN, protocol.TASK_STATS, protocol.TASK_CROSS_SITE):
         raise ConfigError(f"unknown task {task!r} (train, stats or cross-site)")
@@ -424,6 +428,7 @@ def write_app(
     app_dir.mkdir(parents=True, exist_ok=True)
     config = config.model_copy(update={"output": Path(config.output).resolve()})
     dump_toml(config, app_dir / APP_RUN_CONFIG)
+    config_sha256 = hashlib.sha256((app_dir / APP_RUN_CONFIG).read_bytes()).hexdigest()
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
@@ -444,6 +449,7 @@ def write_app(
                     },
                     "config": {
                         protocol.APP_CONFIG_FILE: str(app_dir / APP_RUN_CONFIG),
+                        APP_CONFIG_SHA256: config_sha256,
                         protocol.APP_RESUME: resume,
                         protocol.APP_OVERWRITE: overwrite,
                         protocol.APP_TASK: task,
