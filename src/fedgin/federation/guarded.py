@@ -16,7 +16,8 @@
     (which Flower 1.41 serves on the same host and port as the Fleet and Control APIs).
 
 `python -m fedgin.federation.guarded run --publisher-key KEY -- <flwr run args>`
-    runs Flower's `flwr run` with the FAB it builds signed by the operator's key.
+    runs Flower's `flwr run` with the FAB it builds signed by the operator's key, and its request (FAB hash,
+    run configuration, federation, a fresh nonce and the time) signed as well.
 
 Flower is pinned (1.41.0); `tests/test_app_signing.py` submits real apps to a real SuperLink, so a Flower
 release that moves these functions fails the tests instead of silently dropping the check.
