@@ -561,8 +561,8 @@ def deploy_unregister(
     node: Annotated[str, typer.Argument(help="The SuperNode's id or its site's name.")],
     state: StateOption = Path("runs/fl-deploy"),
 ) -> None:
-    """Revoke one site's SuperNode key (operator, on the SuperLink's machine); its SuperNode is refused
-    from its next heartbeat on."""
+    """Revoke one site's SuperNode key (operator, on the SuperLink's machine); a running SuperNode with
+    it is refused at its next request and stops."""
     from fedgin.federation import flower as dep
 
     node_id, name = dep.unregister_node(state / dep.SUPERLINK_DATABASE, node)

@@ -312,8 +312,8 @@ def register_node(database: str | Path, public_key: str | Path, name: str) -> in
 
 
 def unregister_node(database: str | Path, node: str) -> tuple[int, str]:
-    """Unregister a SuperNode by node id or site name; its (node id, name). Its SuperNode is refused from
-    its next heartbeat on."""
+    """Unregister a SuperNode by node id or site name; its (node id, name). A running SuperNode with that
+    key is refused at its next request and stops (within seconds on loopback)."""
     from flwr.common.constant import NOOP_FLWR_AID
     from flwr.supercore.constant import NodeStatus
 
