@@ -1,7 +1,8 @@
 """Deployment failures end in one line, never silently: certificates, TLS files, registration, SuperNodes.
 
-Everything runs for real on loopback: `fedgin certs`, a TLS SuperLink with SuperNode authentication, Flower's
-`flwr supernode register`, and `flower-supernode` under fedgin's supervisor (`fedgin deploy supernode`).
+Everything runs for real on loopback: `fedgin certs`, a TLS SuperLink with SuperNode authentication, sites
+registered in its database (`fedgin deploy register`), and `flower-supernode` under fedgin's supervisor
+(`fedgin deploy supernode`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 
 from fedgin.cli import app
 from fedgin.federation import flower
+from fedgin.federation.app_signing import make_publisher_key
 from fedgin.federation.certificates import make_dev_certificates
 from fedgin.federation.supervisor import supervise
 from fedgin.processes import alive, descendants
@@ -217,8 +219,7 @@ def test_broken_tls_files_and_keys_are_refused_in_one_line(tmp_path: Path) -> No
         result = invoke(*supernode, *args)
         assert result.exit_code == 2 and expected in one_error_line(result.output), (args, result.output)
 
-    register = ("deploy", "register", "--site", "ct", "--ca-cert", certs.ca_cert, "--dry-run",
-                "--state", tmp_path / "state")  # fmt: skip
+    register = ("deploy", "register", "--site", "ct", "--state", tmp_path / "state")
     for public_key, expected in (
         (junk, "junk: not an OpenSSH public key"),
         (rsa_public, "rsa.pub: SuperNode authentication needs an ECDSA"),
@@ -253,25 +254,49 @@ def link(tmp_path_factory: pytest.TempPathFactory):
 
 
 def register(link: dict, site: str, *extra: object):
-    """`fedgin deploy register` (in this process: the CLI's start-up costs seconds on a loaded machine)."""
-    public_key, state = link["certs"].supernode(site).public_key, link["base"] / "operator-state"
-    return invoke("deploy", "register", public_key, "--site", site, "--superlink", link["address"],
-                  "--ca-cert", link["certs"].ca_cert, "--state", state, *extra)  # fmt: skip
+    """`fedgin deploy register` into the SuperLink's database (in this process: the CLI's start-up costs
+    seconds on a loaded machine)."""
+    public_key = link["certs"].supernode(site).public_key
+    return invoke("deploy", "register", public_key, "--site", site, "--state", link["base"], *extra)
 
 
-def test_register_fails_non_zero_with_flowers_message(link: dict) -> None:
+def test_register_and_unregister_fail_non_zero_in_one_line(link: dict, tmp_path: Path) -> None:
     first = register(link, "twice")
     assert first.exit_code == 0, first.output
     assert "registered site twice" in first.stdout and "as SuperNode" in first.stdout
+    node_id = first.stdout.split("as SuperNode ")[1].split()[0]
 
     again = register(link, "twice")
     assert again.exit_code == 2, again.output
-    error = one_error_line(again.stderr)
-    assert "registering site twice" in error and "Public key already in use" in error
+    assert f"key registered already as SuperNode {node_id}" in one_error_line(again.stderr)
 
-    unreachable = register(link, "plain", "--superlink", f"127.0.0.1:{free_port()}")
-    assert unreachable.exit_code == 2, unreachable.output
-    assert "Connection to the SuperLink is unavailable" in one_error_line(unreachable.stderr)
+    elsewhere = register(link, "plain", "--state", tmp_path)  # not the SuperLink's --state
+    assert elsewhere.exit_code == 2, elsewhere.output
+    assert "superlink.db: no SuperLink database" in one_error_line(elsewhere.stderr)
+    (tmp_path / "superlink.db").write_text("not a database")
+    junk = register(link, "plain", "--state", tmp_path)
+    assert "not a SuperLink database of this Flower version" in one_error_line(junk.stderr)
+
+    for node in ("nobody", "12345"):
+        unknown = invoke("deploy", "unregister", node, "--state", link["base"])
+        assert unknown.exit_code == 2, unknown.output
+        error = one_error_line(unknown.stderr)
+        assert f"no registered SuperNode with id or name '{node}'" in error and f"{node_id} (twice)" in error
+    done = invoke("deploy", "unregister", node_id, "--state", link["base"])
+    assert done.exit_code == 0 and f"unregistered SuperNode {node_id} (twice)" in done.stdout, done.output
+    assert invoke("deploy", "unregister", "twice", "--state", link["base"]).exit_code == 2  # once only
+
+
+def test_contradicting_or_missing_deploy_options_are_one_line(tmp_path: Path) -> None:
+    key = make_publisher_key(tmp_path / "keys").private_key
+    unsigned = invoke("deploy", "run", "--config", tmp_path / "fl.toml", "--unsigned", "--publisher-key", key,
+                      "--dry-run", "--state", tmp_path / "state")  # fmt: skip
+    assert unsigned.exit_code == 2
+    assert "--unsigned and --publisher-key contradict each other" in one_error_line(unsigned.output)
+    link = invoke("deploy", "superlink", "--insecure", "--allow-unsigned-apps", "--runs-root",
+                  tmp_path / "missing", "--dry-run", "--state", tmp_path / "state")  # fmt: skip
+    assert link.exit_code == 2
+    assert "runs root" in one_error_line(link.output) and "not an existing folder" in link.output
 
 
 #: A SuperNode that Flower's SuperLink forgets after 20 s instead of 60 s: the heartbeat interval it

@@ -98,7 +98,7 @@ def test_tls_authenticated_round(caches: dict[str, Path], tmp_path: Path, privat
         assert "--trusted-publishers" in link.text() and "--superexec-auth-secret-file" in link.text()
         for site in ("ct", "mix"):
             public_key = certs / "supernodes" / f"{site}.pub"
-            subprocess.run(fedgin("deploy", "register", public_key, "--site", site, *tls, "--state", server),
+            subprocess.run(fedgin("deploy", "register", public_key, "--site", site, "--state", server),
                            env=env, check=True, timeout=60, capture_output=True)  # fmt: skip
         site_caches = {"ct": [caches["ct"]], "mix": [caches["ct"], caches["t2"]]}
         if not private:  # the unregistered site: once is enough

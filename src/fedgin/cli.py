@@ -508,17 +508,27 @@ def deploy_superlink(
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Admit SuperNodes without a key.")] = False,
     trusted_publishers: TrustedPublishersOption = None,
     allow_unsigned_apps: AllowUnsignedOption = False,
+    runs_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--runs-root",
+            help="The only folder the ServerApp writes in: every run's output, statistics and cross-site "
+            "folder and config file must lie below it (default: the folder this command runs in).",
+        ),
+    ] = None,
     insecure: InsecureOption = False,
     dry_run: DryRunOption = False,
 ) -> None:
     """Start the SuperLink (server machine); it keeps its state in STATE/superlink.db.
 
-    Only runs of apps signed by a trusted publisher (default: CERTS/trusted-publishers.yaml) are admitted.
+    Only runs of apps signed by a trusted publisher (default: CERTS/trusted-publishers.yaml) are admitted,
+    each signed submission once; sites are registered on this machine (`fedgin deploy register`).
     """
     from fedgin.federation import flower as dep
     from fedgin.federation.app_signing import load_trusted
     from fedgin.federation.certificates import load_certificates
 
+    root = dep.runs_root(runs_root or Path.cwd())
     tls = {} if insecure else _server_tls(load_certificates(certs_dir) if certs_dir else None)
     if tls:
         from fedgin.federation.preflight import check_server_credentials
@@ -541,7 +551,10 @@ def deploy_superlink(
         **tls, host=host, port=port, database=state / "superlink.db", auth=not no_auth, insecure=insecure,
         **signing,
     )  # fmt: skip
-    dep.launch(command, dep.flower_env(state / ".flwr"), console, dry_run)
+    env = dep.flower_env(state / ".flwr")
+    env[dep.RUNS_ROOT_ENV] = str(root)  # inherited by flower-superexec and the ServerApp
+    console.print(f"runs root: {root} (runs read and write only below it)", highlight=False, soft_wrap=True)
+    dep.launch(command, env, console, dry_run)
 
 
 def _server_tls(certs: Any) -> dict[str, Path]:
@@ -557,31 +570,33 @@ def deploy_register(
     site: Annotated[
         str, typer.Option("--site", help=escape("The site's name, as in [[federation.clients]]."))
     ],
-    superlink: SuperlinkOption = "127.0.0.1:9092",
-    ca_cert: CaCertOption = None,
     state: StateOption = Path("runs/fl-deploy"),
-    insecure: InsecureOption = False,
-    dry_run: DryRunOption = False,
 ) -> None:
-    """Allow one site's SuperNode key on the SuperLink (operator).
+    """Allow one site's SuperNode key on the SuperLink (operator, on the SuperLink's machine).
 
     PUBLIC_KEY is the site's public key in OpenSSH format (supernodes/<site>.pub from `fedgin certs`).
+    It is written into the SuperLink's database (STATE/superlink.db, the SuperLink's --state), running or
+    not; the SuperLink refuses registrations over the network.
     """
     from fedgin.federation import flower as dep
-    from fedgin.federation.preflight import check_ca_certificate, check_supernode_public_key
 
-    check_supernode_public_key(public_key)
-    if ca_cert is not None and not insecure:
-        check_ca_certificate(ca_cert)
-    env = dep.flower_env(state / ".flwr")
-    dep.write_flower_config(state / ".flwr", superlink, ca_cert, insecure=insecure)
-    command = dep.register_command(public_key, site)
-    console.print(dep.format_command(command), highlight=False, soft_wrap=True)
-    if dry_run:
-        return
-    node_id = dep.register_supernode(command, env, what=f"site {site} ({public_key}) on {superlink}")
-    done = f"registered site {site} ({public_key}) as SuperNode {node_id} on {superlink}"
+    node_id = dep.register_node(state / dep.SUPERLINK_DATABASE, public_key, site)
+    done = f"registered site {site} ({public_key}) as SuperNode {node_id}"
     console.print(done, highlight=False, soft_wrap=True)
+
+
+@deploy_app.command("unregister")
+@user_errors
+def deploy_unregister(
+    node: Annotated[str, typer.Argument(help="The SuperNode's id or its site's name.")],
+    state: StateOption = Path("runs/fl-deploy"),
+) -> None:
+    """Revoke one site's SuperNode key (operator, on the SuperLink's machine); a running SuperNode with
+    it is refused at its next request and stops."""
+    from fedgin.federation import flower as dep
+
+    node_id, name = dep.unregister_node(state / dep.SUPERLINK_DATABASE, node)
+    console.print(f"unregistered SuperNode {node_id} ({name})", highlight=False, soft_wrap=True)
 
 
 @deploy_app.command("supernode")
@@ -727,6 +742,8 @@ def deploy_run(
     from fedgin.federation import flower as dep
     from fedgin.federation.app_signing import load_private_key
 
+    if unsigned and publisher_key is not None:
+        raise ConfigError("--unsigned and --publisher-key contradict each other: give one of them")
     if not unsigned:
         if publisher_key is None:
             raise ConfigError("give --publisher-key (publisher.key from `fedgin certs`) or --unsigned")

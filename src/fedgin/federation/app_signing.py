@@ -8,9 +8,16 @@ a locally built app arrives unsigned; fedgin fills the same field itself:
 
 - `fedgin deploy run` signs the FAB it builds with the operator's key (`sign_fab`);
 - the SuperLink started by `fedgin deploy superlink` refuses a run whose FAB no trusted publisher signed
-  (`fedgin.federation.locked_superlink`), and forwards the verifications to the sites;
+  (`fedgin.federation.guarded`), and forwards the verifications to the sites;
 - every SuperNode started by `fedgin deploy supernode` is given the operator's public key as Flower's
   `--trusted-entities`, so a site checks the signature itself and does not depend on the SuperLink.
+
+A FAB signature says which app may run, not how: the same signed FAB with another run configuration could
+delete a finished run. So `fedgin deploy run` also signs the submission itself (`sign_run`): the FAB's hash,
+the run configuration it overrides, the federation, a random nonce and the time, under `RUN_SIGNATURE_KEY` in
+the same verification map (Flower's SuperNode ignores key ids it does not trust). The guarded SuperLink
+checks it (`verify_run`), admits each nonce once (`NonceStore`, kept in its state folder for the validity
+window) and takes the run signature out before the FAB is stored for the sites.
 
 Keys are OpenSSH Ed25519 (`publisher.key` private, `publisher.pub` public), as Flower's verifier reads them.
 """
@@ -20,6 +27,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +43,7 @@ from flwr.supercore.primitives.asymmetric_ed25519 import (
 )
 
 from fedgin.errors import DataError
-from fedgin.io_utils import atomic_write
+from fedgin.io_utils import atomic_write, atomic_write_json
 
 #: Key of Flower's verification map that says the FAB went through a verifying SuperLink.
 LICENSE_KEY = "valid_license"
@@ -42,6 +51,10 @@ LICENSE_KEY = "valid_license"
 LICENSE_VALUE = "fedgin-signed"
 #: A signature older than this is refused by the SuperLink: a captured submission cannot be replayed later.
 MAX_SIGNATURE_AGE_S = 15 * 60
+#: Key of the run signature in the verification map (never a key id: those start with `fedgin-` + hex).
+RUN_SIGNATURE_KEY = "fedgin-run-signature"
+#: How far a signature's time may lie ahead of the SuperLink's clock (clock skew between machines).
+CLOCK_SKEW_S = 60
 
 
 class SignatureError(Exception):
@@ -183,7 +196,9 @@ def verify_fab(
 
     The same check as Flower's SuperNode (signature over signed_at + SHA-256 of the FAB), plus an age limit.
     """
-    signers = {name: value for name, value in verifications.items() if name != LICENSE_KEY}
+    signers = {
+        name: value for name, value in verifications.items() if name not in (LICENSE_KEY, RUN_SIGNATURE_KEY)
+    }
     if not signers:
         raise SignatureError("the app is not signed (submit it with `fedgin deploy run --publisher-key`)")
     known = [name for name in signers if name in trusted]
@@ -202,25 +217,144 @@ def verify_fab(
         assert isinstance(public, ed25519.Ed25519PublicKey)  # load_trusted checked it
         if not verify_signature(public, create_message_to_sign(digest, signed_at), signature):
             raise SignatureError(f"the signature of {name} does not match the app's content")
-        if max_age_s is not None and not -60 <= now - signed_at <= max_age_s:
-            raise SignatureError(
-                f"the signature of {name} was made {now - signed_at:.0f} s ago "
-                f"(accepted: up to {max_age_s:.0f} s)"
-            )
+        _check_age(f"the signature of {name}", signed_at, max_age_s, now)
         return name
     raise AssertionError("unreachable")
 
 
+def _check_age(what: str, signed_at: int, max_age_s: float | None, now: float) -> None:
+    if max_age_s is not None and not -CLOCK_SKEW_S <= now - signed_at <= max_age_s:
+        raise SignatureError(
+            f"{what} was made {now - signed_at:.0f} s ago (accepted: up to {max_age_s:.0f} s)"
+        )
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What decides what a run does, as the SuperLink receives it (Flower's StartRunRequest)."""
+
+    fab_sha256: str
+    #: `flwr run --run-config` values (the app's own config is inside the FAB, covered by its hash).
+    override_config: dict[str, bool | int | float | str]
+    federation: str
+    #: The serialized federation config override (empty for a deployment federation).
+    federation_config: bytes
+
+    def message(self, nonce: str, signed_at: int) -> bytes:
+        """The signed bytes: one canonical JSON document (sorted keys, no spaces)."""
+        document = {
+            "fab_sha256": self.fab_sha256,
+            "override_config": self.override_config,
+            "federation": self.federation,
+            "federation_config": self.federation_config.hex(),
+            "nonce": nonce,
+            "signed_at": signed_at,
+        }
+        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_run(submission: Submission, private_key: str | Path, signed_at: int | None = None) -> str:
+    """The run signature (a JSON record for `RUN_SIGNATURE_KEY`) of one submission, with a fresh nonce."""
+    key, name = load_private_key(private_key)
+    signed_at = int(time.time()) if signed_at is None else signed_at
+    nonce = secrets.token_hex(16)
+    signature = key.sign(submission.message(nonce, signed_at))
+    record = {
+        "key": name,
+        "nonce": nonce,
+        "signed_at": signed_at,
+        "signature": base64.urlsafe_b64encode(signature).rstrip(b"=").decode(),
+    }
+    return json.dumps(record, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class RunSignature:
+    key: str
+    nonce: str
+    signed_at: int
+
+
+def verify_run(
+    submission: Submission,
+    record: str | None,
+    trusted: dict[str, str],
+    max_age_s: float | None = MAX_SIGNATURE_AGE_S,
+    now: float | None = None,
+) -> RunSignature:
+    """The checked run signature of `submission`; SignatureError says what is wrong with it."""
+    if not record:
+        raise SignatureError(
+            "the submission carries no run signature (submit it with `fedgin deploy run --publisher-key`)"
+        )
+    try:
+        fields = json.loads(record)
+        name, nonce = str(fields["key"]), str(fields["nonce"])
+        signed_at = int(fields["signed_at"])
+        signature = decode_base64url(str(fields["signature"]))
+    except (ValueError, TypeError, KeyError) as error:
+        raise SignatureError(f"malformed run signature ({type(error).__name__})") from None
+    if name not in trusted:
+        raise SignatureError(f"the run is signed by {name}, not by a trusted publisher")
+    if not 16 <= len(nonce) <= 128:
+        raise SignatureError("malformed run signature (nonce)")
+    public = serialization.load_ssh_public_key(trusted[name].encode())
+    assert isinstance(public, ed25519.Ed25519PublicKey)  # load_trusted checked it
+    if not verify_signature(public, submission.message(nonce, signed_at), signature):
+        raise SignatureError(
+            "the run signature does not match this submission (its app, run configuration or federation "
+            "differ from what the operator signed)"
+        )
+    _check_age("the run signature", signed_at, max_age_s, time.time() if now is None else now)
+    return RunSignature(name, nonce, signed_at)
+
+
+class NonceStore:
+    """Nonces of admitted runs, kept in a JSON file for as long as their signature could be accepted, so
+    that a captured submission is admitted once, across restarts of the SuperLink too."""
+
+    def __init__(self, path: str | Path, max_age_s: float = MAX_SIGNATURE_AGE_S) -> None:
+        self.path = Path(path)
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()  # the SuperLink serves its APIs from several threads
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise DataError(self.path, f"unreadable run nonces ({type(error).__name__})") from None
+        if not isinstance(stored, dict) or not all(isinstance(v, int) for v in stored.values()):
+            raise DataError(self.path, "unreadable run nonces (expected a map of nonce -> signed_at)")
+        self._used: dict[str, int] = stored
+
+    def claim(self, signature: RunSignature, now: float | None = None) -> None:
+        """Record the signature's nonce, or SignatureError if a run was admitted with it already."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if signature.nonce in self._used:
+                raise SignatureError("this signed submission was used already (a replay: its nonce is spent)")
+            horizon = now - self.max_age_s - CLOCK_SKEW_S  # older ones are refused for their age anyway
+            used = {nonce: at for nonce, at in self._used.items() if at >= horizon}
+            used[signature.nonce] = signature.signed_at
+            # Written before the run is created: a failure to remember refuses the run.
+            atomic_write_json(self.path, used)
+            self._used = used
+
+
 __all__ = [
     "MAX_SIGNATURE_AGE_S",
+    "RUN_SIGNATURE_KEY",
+    "NonceStore",
     "PublisherKey",
+    "RunSignature",
     "SignatureError",
+    "Submission",
     "key_id",
     "load_private_key",
     "load_trusted",
     "make_publisher_key",
     "publisher_key",
     "sign_fab",
+    "sign_run",
     "verify_fab",
+    "verify_run",
     "write_trusted",
 ]

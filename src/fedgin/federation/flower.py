@@ -4,8 +4,8 @@ Fleet, Control and Runtime APIs over HTTPS on one `--host:--port`):
 - `superlink_command`: TLS (`--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`) and SuperNode
   authentication (`--enable-supernode-auth`) ON unless `insecure=True` / `auth=False` is asked for; with
   `trusted_publishers`, only signed apps run (`fedgin.federation.guarded`).
-- `register_command` + `register_supernode`: `flwr supernode register <site>.pub` (only registered public
-  keys may connect), its JSON answer turned into an exit status.
+- `register_node` / `unregister_node`: a site's SuperNode key added to (removed from) the SuperLink's
+  database on its machine, with Flower's own LinkState (only registered public keys may connect).
 - `supernode_command`: one per site, `--auth-supernode-private-key`, `--root-certificates`,
   `--trusted-entities`, and the node config `client-name=<site> cache=<local cache>`; the site's cache path
   never leaves the site.
@@ -17,10 +17,11 @@ Fleet, Control and Runtime APIs over HTTPS on one `--host:--port`):
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +32,6 @@ from rich.console import Console
 from fedgin.config import RunConfig, dump_toml
 from fedgin.errors import ConfigError
 from fedgin.federation import protocol
-from fedgin.federation.supervisor import one_line
 
 #: Name of the SuperLink connection fedgin writes into FLWR_HOME/config.toml.
 CONNECTION = "fedgin"
@@ -41,6 +41,11 @@ SUPERLINK_PORT = 9092
 SUPERNODE_PORT = 9094
 #: The resolved fedgin run config in the app folder (read by the ServerApp; excluded from the FAB).
 APP_RUN_CONFIG = "fedgin.toml"
+#: App config key of fedgin.toml's SHA-256: the signed FAB covers the config file's content through it.
+APP_CONFIG_SHA256 = "fedgin-config-sha256"
+
+#: The ServerApp's runs root (set by `fedgin deploy superlink`, inherited through flower-superexec).
+RUNS_ROOT_ENV = "FEDGIN_RUNS_ROOT"
 
 _BIN = Path(sys.executable).parent
 
@@ -129,6 +134,28 @@ def superlink_command(
     return command
 
 
+def runs_root(folder: str | Path) -> Path:
+    """The resolved runs root: an existing folder, not the file system's root."""
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise ConfigError(f"runs root {root}: not an existing folder")
+    if root == Path(root.anchor):
+        raise ConfigError(f"runs root {root}: the file system's root cannot be a runs root")
+    return root
+
+
+def below_runs_root(root: Path, path: str | Path, what: str) -> Path:
+    """`path` resolved, or a ConfigError unless it lies strictly below `root` (the ServerApp writes and
+    deletes only there, whatever a run configuration says)."""
+    resolved = Path(path).expanduser().resolve()
+    if root not in resolved.parents:
+        raise ConfigError(
+            f"{what} {resolved} is not below the SuperLink's runs root {root} "
+            "(`fedgin deploy superlink --runs-root`): run refused"
+        )
+    return resolved
+
+
 def write_superexec_secret(path: str | Path) -> Path:
     """A random SuperExec auth secret (32 bytes, hex, 0600), kept if it exists already."""
     import secrets
@@ -215,60 +242,91 @@ def supernode_command(
     return command
 
 
-def register_command(
-    public_key: str | Path, name: str | None = None, connection: str = CONNECTION
-) -> list[str]:
-    """`flwr supernode register <public key> <connection>`: allow one SuperNode's key on the SuperLink."""
-    command = [executable("flwr"), "supernode", "register", str(Path(public_key).resolve()), connection]
-    if name:
-        command += ["--name", name]
-    return [*command, "--format", "json"]
+#: The SuperLink's database in its --state folder (`fedgin deploy superlink`).
+SUPERLINK_DATABASE = "superlink.db"
 
 
-def _answer(stdout: str) -> dict | None:
-    """The JSON object `flwr ... --format json` printed (after any warnings), or None."""
-    start = stdout.find("{")
-    if start < 0:
-        return None
+def _schema_is_current(database: Path) -> bool:
+    """The database's schema is at the installed Flower's latest revision (opening it then migrates
+    nothing: Flower's SQLite migrations take no lock against a SuperLink migrating the same file)."""
+    import sqlite3
+
+    from alembic.script import ScriptDirectory
+    from flwr.supercore.state.alembic.utils import build_alembic_config
+    from sqlalchemy import create_engine
+
+    heads = set(ScriptDirectory.from_config(build_alembic_config(create_engine("sqlite://"))).get_heads())
     try:
-        answer = json.loads(stdout[start:])
-    except json.JSONDecodeError:
-        return None
-    return answer if isinstance(answer, dict) else None
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            versions = {row[0] for row in db.execute("SELECT version_num FROM alembic_version")}
+    except sqlite3.Error:
+        return False
+    return versions == heads
 
 
-def register_supernode(
-    command: list[str], env: dict[str, str], *, what: str, timeout_s: float = 120.0
-) -> int:
-    """Run a `register_command`; the new SuperNode's id, or a one-line ConfigError with Flower's message.
+def _linkstate(database: str | Path):
+    """Flower's own LinkState on the SuperLink's SQLite database (WAL, busy timeout: safe beside the
+    running SuperLink, which reads its nodes from the database on every request)."""
+    from flwr.superlink.config_loader import get_federation_manager, get_objectstore_linkstate_factories
 
-    Flower 1.41 exits 0 even when the registration failed (it prints `{"success": false, "error-message":
-    ...}`: a key already registered, an unreachable SuperLink, a TLS problem), so the answer decides.
-
-    `what` names the registration in the error (e.g. "site ct (certs/supernodes/ct.pub)").
-    """
-    try:
-        done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired:
+    database = Path(database)
+    if not database.is_file():
         raise ConfigError(
-            f"registering {what}: no answer from the SuperLink within {timeout_s:.0f} s"
-        ) from None
-    except OSError as error:
-        raise ConfigError(f"registering {what}: cannot run {command[0]} ({error.strerror})") from None
-    answer = _answer(done.stdout)
-    if answer is not None and answer.get("success") is True and done.returncode == 0:
-        return int(answer["node-id"])
-    if answer is not None and answer.get("error-message"):
-        message = one_line(str(answer["error-message"]))
-    else:
-        message = (
-            one_line(done.stderr + "\n" + done.stdout) or f"{command[0]} exited with code {done.returncode}"
+            f"{database}: no SuperLink database (give the --state of `fedgin deploy superlink`, on the "
+            "SuperLink's machine; it is made when the SuperLink first starts)"
         )
-    if "already in use" in message:
-        message += " (that key is registered already: `flwr supernode list` shows the SuperNodes)"
-    raise ConfigError(f"registering {what} failed: {message}")
+    if not _schema_is_current(database):
+        raise ConfigError(
+            f"{database}: not a SuperLink database of this Flower version, or one still being set up "
+            "(wait until the SuperLink listens, then try again)"
+        )
+    _, factory = get_objectstore_linkstate_factories(str(database.resolve()), get_federation_manager())
+    return factory.state()
+
+
+def register_node(database: str | Path, public_key: str | Path, name: str) -> int:
+    """Register a site's SuperNode key in the SuperLink's database; its new node id.
+
+    Local on purpose: the guarded SuperLink refuses registration over its Control API, so only someone
+    who can write the SuperLink's state folder registers a site. The node belongs to the same (only)
+    account as the Control API's, so `flwr supernode list` shows it.
+    """
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, NOOP_ACCOUNT_NAME, NOOP_FLWR_AID
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    from fedgin.federation.preflight import check_supernode_public_key
+
+    key = public_key_to_bytes(check_supernode_public_key(public_key))
+    state = _linkstate(database)
+    try:
+        return state.create_node(
+            owner_aid=NOOP_FLWR_AID, owner_name=NOOP_ACCOUNT_NAME, public_key=key,
+            heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL, name=name,
+        )  # fmt: skip
+    except ValueError:
+        node = next((n for n in state.get_node_info() if bytes(n.public_key) == key), None)
+        raise ConfigError(
+            f"{public_key}: key registered already as SuperNode {node.node_id if node else '?'} "
+            f"({node.name if node else ''}): `fedgin deploy unregister` it first to register it again"
+        ) from None
+
+
+def unregister_node(database: str | Path, node: str) -> tuple[int, str]:
+    """Unregister a SuperNode by node id or site name; its (node id, name). A running SuperNode with that
+    key is refused at its next request and stops (within seconds on loopback)."""
+    from flwr.common.constant import NOOP_FLWR_AID
+    from flwr.supercore.constant import NodeStatus
+
+    state = _linkstate(database)
+    registered = [n for n in state.get_node_info() if n.status != NodeStatus.UNREGISTERED]
+    matches = [n for n in registered if str(n.node_id) == node or n.name == node]
+    if len(matches) != 1:
+        known = ", ".join(f"{n.node_id} ({n.name})" for n in registered) or "none"
+        problem = "no registered SuperNode" if not matches else "several registered SuperNodes"
+        raise ConfigError(f"{problem} with id or name {node!r} (registered: {known})")
+    (match,) = matches
+    state.delete_node(owner_aid=NOOP_FLWR_AID, node_id=match.node_id)
+    return match.node_id, match.name
 
 
 def run_command(
@@ -349,8 +407,9 @@ def write_app(
     `models` (name -> checkpoint on this machine) on the sites' `split` (cross-site, into `out`).
 
     The app config carries the absolute path of fedgin.toml, read by the ServerApp on the SuperLink's
-    machine; fedgin.toml is left out of the FAB (which reaches every site): each site learns only its
-    own data specification, from the server's first message to it.
+    machine, and its SHA-256 (so the app's signature covers its content); fedgin.toml is left out of the
+    FAB (which reaches every site): each site learns only its own data specification, from the server's
+    first message to it.
     """
     if task not in (protocol.TASK_TRAIN, protocol.TASK_STATS, protocol.TASK_CROSS_SITE):
         raise ConfigError(f"unknown task {task!r} (train, stats or cross-site)")
@@ -369,6 +428,7 @@ def write_app(
     app_dir.mkdir(parents=True, exist_ok=True)
     config = config.model_copy(update={"output": Path(config.output).resolve()})
     dump_toml(config, app_dir / APP_RUN_CONFIG)
+    config_sha256 = hashlib.sha256((app_dir / APP_RUN_CONFIG).read_bytes()).hexdigest()
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
@@ -389,6 +449,7 @@ def write_app(
                     },
                     "config": {
                         protocol.APP_CONFIG_FILE: str(app_dir / APP_RUN_CONFIG),
+                        APP_CONFIG_SHA256: config_sha256,
                         protocol.APP_RESUME: resume,
                         protocol.APP_OVERWRITE: overwrite,
                         protocol.APP_TASK: task,
@@ -405,16 +466,18 @@ def write_app(
 
 __all__ = [
     "CONNECTION",
+    "below_runs_root",
     "executable",
     "flower_env",
     "format_command",
     "launch",
     "node_config_argument",
-    "register_command",
-    "register_supernode",
+    "register_node",
     "run_command",
+    "runs_root",
     "superlink_command",
     "supernode_command",
+    "unregister_node",
     "write_app",
     "write_flower_config",
     "write_superexec_secret",
