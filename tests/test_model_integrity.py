@@ -219,9 +219,9 @@ def test_resume_after_the_cache_was_swapped_or_prepared_again_is_refused(
     shutil.rmtree(ct)
     shutil.copytree(caches["t2"], ct)  # the same folder now holds the MRI site's cases
     line = error_line(resume(tmp_path / "run.toml", "--allow-changed-settings"))
-    assert line.startswith(f"error: {last}: cannot resume: the run's data ({ct}) holds mri_t2 cases now, "), (
-        line
-    )
+    assert line.startswith(
+        f"error: {last}: cannot resume: the training cache ({ct}) holds mri_t2 cases now, "
+    ), line
     assert "ct cases when this run used it" in line
 
     shutil.rmtree(ct)
@@ -230,7 +230,7 @@ def test_resume_after_the_cache_was_swapped_or_prepared_again_is_refused(
         lines = handle.read().splitlines(keepends=True)
     (ct / "index.csv").write_text("".join(lines[:-1]))  # a case removed from the cache
     line = error_line(resume(tmp_path / "run.toml"))
-    assert f"the cached data of the run's data ({ct}) changed since this run used it" in line, line
+    assert f"the training cache ({ct}) changed since this run used it" in line, line
     assert load_checkpoint(last)["step"] == 1
 
 

@@ -309,13 +309,13 @@ def data_record(config: RunConfig) -> dict[str, dict]:
     from fedgin.cache import index_fingerprint, read_index
 
     uses: dict[str, str] = {}
-    for spec in [*config.data.train, *(config.data.val or [])]:
-        uses.setdefault(str(spec.cache), "the run's data")
+    for spec in config.data.train:
+        uses.setdefault(str(spec.cache), "the training cache")
     for client in config.federation.clients:
         for spec in client.data:
-            uses.setdefault(str(spec.cache), f"site {client.name}'s data")
-    for spec in config.federation.server_eval or []:
-        uses.setdefault(str(spec.cache), "the server's evaluation data")
+            uses.setdefault(str(spec.cache), f"site {client.name}'s cache")
+    for spec in [*(config.data.val or []), *(config.federation.server_eval or [])]:
+        uses.setdefault(str(spec.cache), "the validation cache")
     record = {}
     for cache, use in uses.items():
         try:
@@ -339,10 +339,7 @@ def data_changes(before: Mapping[str, Any], now: Mapping[str, dict]) -> str | No
             was, is_ = "/".join(old["domains"]), "/".join(new["domains"])
             return f"{use} ({cache}) holds {is_} cases now, {was} cases when this run used it"
         if old.get("fingerprint") != new["fingerprint"]:
-            return (
-                f"the cached data of {use} ({cache}) changed since this run used it (cases added, "
-                "removed or prepared again)"
-            )
+            return f"{use} ({cache}) changed since this run used it (cases added, removed or prepared again)"
     return None
 
 
