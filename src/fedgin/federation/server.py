@@ -388,9 +388,14 @@ class FederationServer:
                 f"the DP noise (federation.privacy clipping_norm {privacy.clipping_norm}, noise_multiplier "
                 f"{privacy.noise_multiplier})"
             )
+        again = (
+            "then --resume --allow-changed-settings"
+            if self.run.committed is not None
+            else "then start again with --overwrite"
+        )
         hint = (
             f"likely cause: {' or '.join(causes)} too high" if causes else "likely cause: too high a rate"
-        ) + " (lower it, then --resume --allow-changed-settings)"
+        ) + f" (lower it, {again})"
         self.run.require_finite(state, server_round, "the averaged model", hint)
 
     def main(self, grid: Grid, context: Context) -> None:
