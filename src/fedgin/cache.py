@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -215,6 +216,13 @@ def read_index(root: Path) -> dict[str, dict[str, str]]:
     except csv.Error as error:
         raise DataError(path, f"not a fedgin cache index (unreadable CSV: {error}); {rebuild}") from None
     return rows
+
+
+def index_fingerprint(rows: dict[str, dict[str, str]]) -> str:
+    """SHA-256 over a cache index's case ids and preparation fingerprints (`read_index`'s rows): it changes
+    when a case is added, removed or prepared from other source files or with other preprocessing."""
+    text = "\n".join(f"{case_id};{rows[case_id]['fingerprint']}" for case_id in sorted(rows))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_index(root: Path, rows: dict[str, dict[str, Any]]) -> None:

@@ -45,6 +45,15 @@ error_console = Console(stderr=True)
 
 CommandT = TypeVar("CommandT", bound=Callable[..., Any])
 
+AllowChangedSettingsOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-changed-settings",
+        help="With --resume: continue with settings other than the checkpoint's (e.g. another lr); "
+        "config.toml is then replaced. Changed data is refused anyway.",
+    ),
+]
+
 
 def print_error(message: str) -> None:
     """One `error: ...` line on stderr."""
@@ -305,6 +314,11 @@ def inspect(
     console.print(summarize(Cache(cache)))
 
 
+def _require_resume(resume: bool, allow_changed_settings: bool) -> None:
+    if allow_changed_settings and not resume:
+        raise ConfigError("--allow-changed-settings applies to --resume only; add --resume or leave it out")
+
+
 def load_federation_config(path: Path, output: Path | None, rounds: int | None) -> RunConfig:
     """A federation's RunConfig from TOML with the command line's overrides (`federate`, `deploy run`)."""
     from fedgin.config import RunConfig, load_toml
@@ -326,6 +340,7 @@ def federate(
         typer.Option("--config", "-c", help=escape("Run TOML with [federation] and [[federation.clients]].")),
     ],
     resume: Annotated[bool, typer.Option(help="Continue from the last completed round.")] = False,
+    allow_changed_settings: AllowChangedSettingsOption = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
     output: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (overrides `output`).")
@@ -356,7 +371,14 @@ def federate(
         from fedgin.federation.preflight import check_held_out_cases
 
         check_held_out_cases(run_config, "test")  # before training, not after it
-    result = run_federation(run_config, resume=resume, overwrite=overwrite, console=console)
+    _require_resume(resume, allow_changed_settings)
+    result = run_federation(
+        run_config,
+        resume=resume,
+        overwrite=overwrite,
+        console=console,
+        allow_changed_settings=allow_changed_settings,
+    )
     console.print(
         f"federation {result.run_dir}: {result.rounds} rounds in {result.seconds:.1f} s, best validation "
         f"score {result.best_score:.4f} at round {result.best_round}; checkpoints in "
@@ -865,6 +887,7 @@ def gin_preview(
 def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="Run TOML (data, model, gin, train).")],
     resume: Annotated[bool, typer.Option(help="Continue from the run directory's last checkpoint.")] = False,
+    allow_changed_settings: AllowChangedSettingsOption = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
     output: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (overrides `output`).")
@@ -888,7 +911,14 @@ def train(
         run_config.train.steps = steps
     if tensorboard is not None:
         run_config.tracking.tensorboard = tensorboard
-    result = run_training(run_config, resume=resume, overwrite=overwrite, console=console)
+    _require_resume(resume, allow_changed_settings)
+    result = run_training(
+        run_config,
+        resume=resume,
+        overwrite=overwrite,
+        console=console,
+        allow_changed_settings=allow_changed_settings,
+    )
     console.print(
         f"run {result.run_dir}: {result.steps} steps, best validation score {result.best_score:.4f} "
         f"at step {result.best_step}; checkpoints in {result.run_dir / 'checkpoints'}"

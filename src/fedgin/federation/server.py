@@ -18,6 +18,7 @@ from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, comp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedgin.checkpoints import load_weights
 from fedgin.config import ClientSpec, DataConfig, FederationConfig, RunConfig
 from fedgin.errors import ConfigError
 from fedgin.federation import protocol
@@ -200,8 +201,10 @@ class FederationServer:
         resume_from: Path | None = None,
         stop_after: int | None = None,
         wait_for_all_sites: bool = False,
+        allow_changed_settings: bool = False,
     ) -> None:
-        """`wait_for_all_sites`: see `build_strategy` (the simulation engine sets it)."""
+        """`wait_for_all_sites`: see `build_strategy` (the simulation engine sets it);
+        `allow_changed_settings`: resume with settings other than last.pt's (`RunDirectory.check_resume`)."""
         self.config = config
         self.console = console
         self.run = RunDirectory(config.output, "federated", title=config.name)
@@ -224,6 +227,8 @@ class FederationServer:
         self.ledger = PrivacyLedger(privacy, len(config.federation.clients)) if privacy else None
         if resume_from is not None:
             resumed = self.run.read_checkpoint(resume_from)
+            self.run.check_resume(resumed, config, allow_changed_settings)
+            load_weights(resume_from, self.model, resumed.payload["model"])  # another model size: one line
             self.state = dict(resumed.payload["model"])
             self.round, self.history, self.best = resumed.progress, resumed.history, resumed.best
             self.optimizer_state = dict(resumed.payload.get("server_optimizer", {}))
@@ -369,6 +374,30 @@ class FederationServer:
             **extra,
         )
 
+    def check_global(self, state: dict[str, torch.Tensor], server_round: int) -> None:
+        """Refuse (RunDiverged, one line) a round's global model whose weights are not all finite: the
+        sites' updates are screened, so it comes from the server's own step (a server optimizer's rate,
+        DP noise); the round is not committed and last.pt keeps the last good one."""
+        federation = self.config.federation
+        causes = []
+        if isinstance(self.strategy, ServerOptimizerMixin):
+            causes.append(f"federation.server_lr ({federation.server_lr or 'default'})")
+        if federation.privacy is not None:
+            privacy = federation.privacy
+            causes.append(
+                f"the DP noise (federation.privacy clipping_norm {privacy.clipping_norm}, noise_multiplier "
+                f"{privacy.noise_multiplier})"
+            )
+        again = (
+            "then --resume --allow-changed-settings"
+            if self.run.committed is not None
+            else "then start again with --overwrite"
+        )
+        hint = (
+            f"likely cause: {' or '.join(causes)} too high" if causes else "likely cause: too high a rate"
+        ) + f" (lower it, {again})"
+        self.run.require_finite(state, server_round, "the averaged model", hint)
+
     def main(self, grid: Grid, context: Context) -> None:
         """The ServerApp's main: one iteration per round from the last completed one."""
         config, federation = self.config, self.config.federation
@@ -499,6 +528,7 @@ class FederationServer:
                 + (f" ({left_out})" if left_out else "")
                 + "; the last completed round is kept in checkpoints/last.pt (continue with --resume)"
             )
+        self.check_global(new_state, server_round)
         self.state = new_state
         self.round = server_round
         if self.ledger is not None:

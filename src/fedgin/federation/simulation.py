@@ -88,12 +88,14 @@ def run_federation(
     *,
     stop_after: int | None = None,
     client_app: ClientApp | None = None,
+    allow_changed_settings: bool = False,
 ) -> FederationResult:
     """Run (or with `resume`, continue) a federation on Flower's simulation engine.
 
     One virtual SuperNode per entry of `federation.clients` (partition id = position in the list).
     `stop_after` ends the call after that round (as if the server were killed; used to test resuming);
-    `client_app` replaces fedgin's ClientApp (fault injection in tests).
+    `client_app` replaces fedgin's ClientApp (fault injection in tests); `allow_changed_settings`: resume
+    with settings other than the checkpoint's (`--allow-changed-settings`).
 
     Every site's caches are checked before Flower and Ray start. A site left out of one round is only
     reported; a site that contributed to no round of the run raises FederationError once the results are
@@ -106,7 +108,13 @@ def run_federation(
     config.federation.require_clients()
     check_sites(config)
     server = FederationServer.open(
-        config, console, resume=resume, overwrite=overwrite, stop_after=stop_after, wait_for_all_sites=True
+        config,
+        console,
+        resume=resume,
+        overwrite=overwrite,
+        stop_after=stop_after,
+        wait_for_all_sites=True,
+        allow_changed_settings=allow_changed_settings,
     )
     run_dir = server.run_dir
 

@@ -16,7 +16,6 @@ from torch import nn
 
 from fedgin.config import DataSpec, ModelConfig, PreprocessConfig, RunConfig
 from fedgin.errors import DataError
-from fedgin.io_utils import atomic_path
 from fedgin.labels import LABEL_NAMES
 
 #: Format tag of exported model files; bumped when their content changes meaning.
@@ -98,16 +97,13 @@ def training_preprocess(config: RunConfig) -> tuple[PreprocessConfig, str, list[
 
 
 def _build_network(path: Path, model_config: ModelConfig, labels: dict[int, str], state: dict) -> nn.Module:
+    """The network of a model file; DataError when its weights do not fit it or are not all finite (a
+    diverged run's model segments nothing, and is never used for prediction or exported)."""
+    from fedgin.checkpoints import load_weights, require_finite_weights
     from fedgin.model import build_unet
 
-    network = build_unet(model_config, out_channels=len(labels))
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as error:
-        raise DataError(
-            path, f"weights do not fit the configured model ({str(error).splitlines()[0]})"
-        ) from None
-    return network
+    require_finite_weights(path, state)
+    return load_weights(path, build_unet(model_config, out_channels=len(labels)), state)
 
 
 def _provenance(path: Path, checkpoint: dict[str, Any], config: RunConfig) -> dict[str, Any]:
@@ -224,6 +220,7 @@ def export_model(checkpoint: str | Path, out: str | Path, overwrite: bool = Fals
     `training_preprocess`). Returns the model as `fedgin predict` will see it.
     """
     import fedgin
+    from fedgin.checkpoints import save_torch_file
 
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and not overwrite:
@@ -255,8 +252,6 @@ def export_model(checkpoint: str | Path, out: str | Path, overwrite: bool = Fals
             default=str,
         )
     )
-    payload = {**plain, "model": state}
-    with atomic_path(out) as tmp:
-        torch.save(payload, tmp)
+    save_torch_file(out, {**plain, "model": state})  # a full disk: an OSError naming `out`, no file left
     model.provenance = plain["provenance"]
     return model

@@ -118,7 +118,10 @@ def run_prediction(
     torch_device = device if isinstance(device, torch.device) else _resolve_device(device)
     use_amp = resolve_amp(amp, torch_device)
     if isinstance(model, PredictionModel):  # already loaded (e.g. by a caller segmenting many folders)
+        from fedgin.checkpoints import require_finite_weights
+
         loaded_model = model
+        require_finite_weights(loaded_model.path, loaded_model.network.state_dict())
         loaded_model.network.to(torch_device)
     else:
         loaded_model = load_prediction_model(model, torch_device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -35,17 +34,14 @@ class StudyDataChanged(ConfigError):
 def data_fingerprint(config: StudyConfig) -> dict[str, str]:
     """Cache folder -> SHA-256 over its cases' ids and preparation fingerprints (which change with the
     source files and the preprocessing), for every cache the study trains, validates or tests on."""
-    from fedgin.cache import read_index
+    from fedgin.cache import index_fingerprint, read_index
 
     specs = [*config.val, *config.test]
     for site in config.sites:
         specs += [*site.ct, *site.mri]
-    digests = {}
-    for cache in sorted({str(spec.cache) for spec in specs}):
-        rows = read_index(Path(cache))
-        text = "\n".join(f"{case_id};{rows[case_id]['fingerprint']}" for case_id in sorted(rows))
-        digests[cache] = hashlib.sha256(text.encode()).hexdigest()
-    return digests
+    return {
+        cache: index_fingerprint(read_index(Path(cache))) for cache in sorted({str(s.cache) for s in specs})
+    }
 
 
 def _check_data(config: StudyConfig, resume: bool) -> None:

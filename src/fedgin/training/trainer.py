@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,11 +16,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedgin.augment import RandAffine, RandGIN, RandIPA
+from fedgin.checkpoints import load_weights, nonfinite_weights
 from fedgin.config import RunConfig
 from fedgin.evaluation.inference import autocast_context
 from fedgin.model import build_loss, build_unet, resolve_amp, resolve_device
 from fedgin.patches import PatchSampler
-from fedgin.runs import Best, RunDirectory, RunState
+from fedgin.runs import Best, RunDirectory, RunDiverged, RunState
 from fedgin.slices import ForegroundBatchSampler, SliceDataset
 from fedgin.tracking import Tracker
 from fedgin.training.consistency import consistency_loss
@@ -210,7 +212,9 @@ class LocalTrainer:
             if extra_loss is not None:
                 loss = loss + extra_loss(self.model)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}")
+                raise RunDiverged(
+                    f"step {self.step + 1}: the training loss is {loss.item()}; {self.likely_cause(batch)}"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -231,7 +235,41 @@ class LocalTrainer:
                 progress.update(
                     task, advance=1, loss=f"{stats.mean_loss:.3f}", speed=f"{stats.slices_per_second:.0f}"
                 )
+        # A finite loss can still be followed by a step to NaN or Inf weights (the next step's loss would
+        # show it, but the stretch may end here and its model be saved or sent).
+        problem = nonfinite_weights(self.model.state_dict())
+        if problem is not None:
+            raise RunDiverged(
+                f"step {self.step}: the model's weights are not all finite ({problem}); "
+                f"{self.likely_cause(None)}"
+            )
         return stats
+
+    def likely_cause(self, batch: dict | None) -> str:
+        """Why training produced NaN or Inf, as far as cheaply known: the batch's images (naming the case
+        and slice), a non-finite setting, weights already broken by an earlier step, else a too high rate."""
+        if batch is not None:
+            images = batch["image"]
+            broken = ~torch.isfinite(images.flatten(1)).all(1)
+            if bool(broken.any()):
+                where = "a training patch"
+                if "case_id" in batch:
+                    first = int(broken.nonzero()[0])
+                    where = f"case {batch['case_id'][first]} (slice {int(batch['slice'][first])})"
+                return (
+                    f"the cached image of {where} holds NaN or Inf: the cache is damaged or was prepared "
+                    "from a broken scan; prepare it again"
+                )
+        train = self.config.train
+        settings = {"train.lr": self.lr, "train.weight_decay": train.weight_decay}
+        if self.ipa is not None:
+            settings["gin.consistency_weight"] = self.config.gin.consistency_weight
+        for name, value in settings.items():
+            if not math.isfinite(value):
+                return f"{name} is {value}; give a finite value"
+        if batch is not None and nonfinite_weights(self.model.state_dict()) is not None:
+            return f"the weights became NaN or Inf at an earlier step (is train.lr = {self.lr:g} too high?)"
+        return f"training diverged (is train.lr = {self.lr:g} too high?)"
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def save(self, run: RunDirectory, name: str, history: list[dict], best: Best) -> None:
@@ -251,7 +289,7 @@ class LocalTrainer:
     def restore(self, resumed: RunState) -> None:
         """Continue from a checkpoint `save` wrote: weights, optimizer, scaler, RNG state and step."""
         checkpoint = resumed.payload
-        self.model.load_state_dict(checkpoint["model"])
+        load_weights(resumed.path or "checkpoint", self.model, checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.step = resumed.progress
@@ -274,15 +312,22 @@ def run_training(
     overwrite: bool = False,
     console: Console | None = None,
     stop_after: int | None = None,
+    allow_changed_settings: bool = False,
 ) -> TrainResult:
     """A centralized or local run: train, validate every `val_interval` steps, keep best and last.
 
-    `stop_after` ends the call after that many steps of this call (used to test resuming).
+    `stop_after` ends the call after that many steps of this call (used to test resuming). A resumed run
+    must have the settings of its checkpoint unless `allow_changed_settings`, and its data (always).
+    Training that produces NaN or Inf stops with RunDiverged; best.pt and last.pt keep the last good model.
     """
     console = console or Console()
     run = RunDirectory(config.output, "single-site", title=config.name)
     run_dir = run.path
     resume_from = run.check(resume, overwrite)
+    resumed = None
+    if resume_from is not None:  # read on the CPU: restore() moves it to the trainer's device
+        resumed = run.read_checkpoint(resume_from)
+        run.check_resume(resumed, config, allow_changed_settings)
     # Everything that can refuse the configuration (data, model, loss, device) runs before the folder is
     # written, so a corrected configuration needs no --overwrite.
     train_set = build_train_slices(config)
@@ -290,8 +335,7 @@ def run_training(
     trainer = LocalTrainer(config, train_set)
     history: list[dict] = []
     best = Best()
-    if resume_from is not None:
-        resumed = run.read_checkpoint(resume_from, trainer.device)
+    if resumed is not None:
         trainer.restore(resumed)
         history, best = resumed.history, resumed.best
     # TensorBoard (tracking.tensorboard): a missing extra refuses the run before its folder is written.
@@ -330,7 +374,10 @@ def run_training(
                 chunk = min(chunk, stop_after - done_this_call)
                 if chunk <= 0:
                     break
-            stats = trainer.train_steps(chunk, progress=progress, task=task)
+            try:
+                stats = trainer.train_steps(chunk, progress=progress, task=task)
+            except RunDiverged as diverged:
+                raise RunDiverged(f"{diverged}; {run.kept()}") from None
             done_this_call += chunk
             row: dict = {
                 "step": trainer.step,
