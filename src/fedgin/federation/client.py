@@ -65,15 +65,27 @@ def site_settings(message: Message, context: Context) -> tuple[RunConfig, Client
     return settings_from(message.content, context, message.metadata.dst_node_id)
 
 
+def _validated(model: type[RunConfig] | type[ClientSpec], text: object, node: int):
+    """The server's settings as the site's model, or one line naming what does not validate."""
+    from pydantic import ValidationError
+
+    from fedgin.errors import validation_problems
+
+    try:
+        return model.model_validate_json(str(text))
+    except ValidationError as error:
+        raise ConfigError(
+            f"node {node}: the server's {model.__name__} does not validate here: {validation_problems(error)}"
+        ) from None
+
+
 def settings_from(content: RecordDict, context: Context, node: int) -> tuple[RunConfig, ClientSpec]:
     """`site_settings` of a train message's content (a plain one, or a SecAgg+ one made plain)."""
     state = context.state
     if protocol.SETTINGS in content.config_records:
         received = content[protocol.SETTINGS]
-        config = RunConfig.model_validate_json(str(received[protocol.RUN_SETTINGS]))
-        spec = local_caches(
-            ClientSpec.model_validate_json(str(received[protocol.SITE_SPEC])), context.node_config
-        )
+        config = _validated(RunConfig, received[protocol.RUN_SETTINGS], node)
+        spec = local_caches(_validated(ClientSpec, received[protocol.SITE_SPEC], node), context.node_config)
         state[protocol.SITE_STATE] = ConfigRecord(
             {
                 protocol.RUN_SETTINGS: received[protocol.RUN_SETTINGS],
@@ -87,8 +99,8 @@ def settings_from(content: RecordDict, context: Context, node: int) -> tuple[Run
             "them again next round)"
         )
     kept = state[protocol.SITE_STATE]
-    config = RunConfig.model_validate_json(str(kept[protocol.RUN_SETTINGS]))
-    return config, ClientSpec.model_validate_json(str(kept[protocol.SITE_SPEC]))
+    config = _validated(RunConfig, kept[protocol.RUN_SETTINGS], node)
+    return config, _validated(ClientSpec, kept[protocol.SITE_SPEC], node)
 
 
 def client_run_config(config: RunConfig, spec: ClientSpec, server_round: int) -> RunConfig:
