@@ -283,7 +283,21 @@ def run_cross_site(
         except DataError as error:
             raise DataError(error.path, f"{error.problem} (site {spec.name!r})") from None
     server = CrossSiteServer(config, console, models, out_dir, split)
-    simulate(config, server.main, app, server.interrupt, Path(config.output) / ".flwr")
+    try:
+        simulate(
+            config,
+            server.main,
+            app,
+            server.interrupt,
+            Path(config.output) / ".flwr",
+            interrupted=lambda: (
+                "interrupted before the cross-site results were complete; run the same command again"
+            ),
+        )
+    except KeyboardInterrupt:
+        if server.result is None:
+            raise
+        # The results were written before the Ctrl-C took effect: the evaluation is complete.
     if server.result is None:
         from fedgin.federation.screening import FederationError
 
