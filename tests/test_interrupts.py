@@ -3,6 +3,7 @@ killed `federate` or `prepare` leaves no orphans."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -18,7 +19,7 @@ from fedgin.config import PreprocessConfig, RunConfig, SynthConfig, dump_toml
 from fedgin.prepare import prepare
 from fedgin.processes import alive, descendants
 from fedgin.synth import generate
-from test_deployment import fedgin
+from test_deployment import fedgin, free_port
 from test_federation import fl_config
 from test_ray_sockets import exposed
 
@@ -212,6 +213,35 @@ def test_sigkill_of_federate_takes_ray_with_it(caches: dict[str, Path], tmp_path
         assert survivors(tree, within_s=ORPHAN_LIMIT_S) == [], commands
     finally:
         kill_all(server, tree)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_ctrl_c_of_the_superlink_takes_its_superexec(tmp_path: Path) -> None:
+    """The guarded SuperLink (`python -m fedgin.federation.guarded superlink`) interrupted: the
+    flower-superexec it started ends with it (it lived on for up to 40 s, polling --parent-pid)."""
+    certs = tmp_path / "certs"
+    made = subprocess.run(
+        fedgin("certs", "--out", certs, "--sites", "ct"), capture_output=True, text=True, env=ENV, timeout=120
+    )
+    assert made.returncode == 0, made.stderr
+    command = ["deploy", "superlink", "--certs", certs, "--port", free_port(), "--state", tmp_path / "state"]
+    link = start_in_foreground(command, tmp_path, "superlink")
+    superexec: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not superexec and link.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            for pid in descendants(link.pid):
+                with contextlib.suppress(OSError):
+                    if b"flower-superexec" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        superexec.append(pid)
+        assert superexec, (tmp_path / "superlink.out").read_text()
+        guarded = int(Path(f"/proc/{superexec[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert b"fedgin.federation.guarded" in Path(f"/proc/{guarded}/cmdline").read_bytes()
+        os.kill(guarded, signal.SIGINT)  # the SuperLink alone: superexec gets no signal of its own
+        assert survivors(superexec, within_s=5.0) == []
+    finally:
+        kill_all(link, superexec)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
