@@ -215,8 +215,7 @@ def simulate(
         flwr_logger.setLevel(previous_level)
         ctrl_c.join()
         ray_processes.stop(RAY_EXIT_WAIT_S)
-        ctrl_c.finished.set()
-        ctrl_c.uninstall()
+        ctrl_c.close()
     if ctrl_c.requested.is_set():
         raise KeyboardInterrupt(interrupted())
 
@@ -250,6 +249,7 @@ class CtrlC:
         self.stopped = threading.Event()
         #: Set once `simulate` has stopped Ray (in order): the forced exit is then not needed.
         self.finished = threading.Event()
+        self._stopper: threading.Thread | None = None
         self._previous: Callable | int | None = None
         self._installed = False
 
@@ -267,7 +267,8 @@ class CtrlC:
         if self.requested.is_set():
             return
         self.requested.set()
-        threading.Thread(target=self._stop, name="fedgin-ctrl-c", daemon=True).start()
+        self._stopper = threading.Thread(target=self._stop, name="fedgin-ctrl-c", daemon=True)
+        self._stopper.start()
 
     def _stop(self) -> None:
         # The ServerApp first: with its round abandoned, the errors that the killed actors' replies
@@ -290,6 +291,17 @@ class CtrlC:
         """After a Ctrl-C: wait until `main` is stopped and the ClientApp actors are killed."""
         if self.requested.is_set():
             self.stopped.wait()
+
+    def close(self) -> None:
+        """Ray is stopped: end the Ctrl-C thread now and restore the SIGINT handler.
+
+        Now, not during the interpreter's exit: the thread refers to the server (through `interrupt`),
+        and a daemon thread that frees a model's tensors while the interpreter finalizes aborts it.
+        """
+        self.finished.set()
+        if self._stopper is not None:
+            self._stopper.join()
+        self.uninstall()
 
     def ends(self, main: Callable[[Grid, Context], None]) -> Callable[[Grid, Context], None]:
         """`main`, ending normally when a Ctrl-C stopped it (after an error Flower would wait 3 s more
