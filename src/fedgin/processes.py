@@ -7,9 +7,13 @@ parent pid. A process is told from a later one that reuses its pid by its start 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 #: prctl(2) option: the signal a process gets when its parent dies.
@@ -70,4 +74,53 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         _PRCTL(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
-__all__ = ["alive", "descendants", "die_with_parent", "start_time"]
+class Guard:
+    """A process outside this one that SIGKILLs what this one starts from now on, once this one is gone.
+
+    PR_SET_PDEATHSIG reaches only the children a process starts itself. Ray's raylet starts agents that
+    outlive a SIGKILLed driver by a minute (they report the raylet's death to a GCS that is gone, with a
+    60 s timeout), still listening. The guard runs in its own session (a Ctrl-C to the terminal's process
+    group does not reach it), records this process's descendants every `interval_s` and, when this
+    process has ended however it ended, SIGKILLs those still alive (known by pid and start time).
+    `release()` ends it without killing anything (the caller has stopped its processes itself).
+    """
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        pid = os.getpid()
+        # This file as a script, isolated (-I: no site packages, not its own folder on sys.path, where
+        # fedgin's modules would shadow the standard library's): it needs the standard library only.
+        command = [sys.executable, "-I", __file__, str(pid), str(start_time(pid)), str(interval_s)]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+
+    def release(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+
+def guard(pid: int, started: str, interval_s: float) -> None:
+    """The guard's loop (`python -I processes.py PID START_TIME INTERVAL_S`, see `Guard`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    me = os.getpid()
+    own_start = int(start_time(me) or 0)
+    seen: dict[int, str] = {}
+    while start_time(pid) == started:
+        for child in descendants(pid):
+            # Only what was started after the guard (a pid is reused by a later process, never an earlier).
+            if child != me and (born := start_time(child)) is not None and int(born) >= own_start:
+                seen[child] = born
+        time.sleep(interval_s)
+    for child, born in seen.items():
+        if start_time(child) == born:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+
+
+__all__ = ["Guard", "alive", "descendants", "die_with_parent", "start_time"]
+
+
+if __name__ == "__main__":
+    guard(int(sys.argv[1]), sys.argv[2], float(sys.argv[3]))

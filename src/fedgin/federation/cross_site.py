@@ -281,7 +281,21 @@ def run_cross_site(
     config.federation.require_clients()
     check_held_out_cases(config, split)  # before Ray starts: one line for a site with nothing to score
     server = CrossSiteServer(config, console, models, out_dir, split)
-    simulate(config, server.main, app, server.interrupt, Path(config.output) / ".flwr")
+    try:
+        simulate(
+            config,
+            server.main,
+            app,
+            server.interrupt,
+            Path(config.output) / ".flwr",
+            interrupted=lambda: (
+                "interrupted before the cross-site results were complete; run the same command again"
+            ),
+        )
+    except KeyboardInterrupt:
+        if server.result is None:
+            raise
+        # The results were written before the Ctrl-C took effect: the evaluation is complete.
     if server.result is None:
         from fedgin.federation.screening import FederationError
 

@@ -196,8 +196,11 @@ def superlink_main(argv: list[str]) -> None:
     guard_node_registration()
     superexec = _superexec_command(flower_args)
     if superexec is not None:
-        # It retries until the SuperLink below listens, and exits with this process (--parent-pid).
-        subprocess.Popen(superexec, stdin=subprocess.DEVNULL)
+        # It retries until the SuperLink below listens, and exits with this process: --parent-pid is
+        # polled (it lived on for up to 40 s after a Ctrl-C), PR_SET_PDEATHSIG is at once.
+        from fedgin.processes import die_with_parent
+
+        subprocess.Popen(superexec, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     from flwr.superlink.cli import flower_superlink
 
     sys.argv = ["flower-superlink", *flower_args]

@@ -281,7 +281,10 @@ class FederationServer:
     def interrupted_message(self) -> str:
         """What the user reads after a Ctrl-C: the round kept and how to continue."""
         if self.round == 0:
-            return f"interrupted before round 1 finished; start again with --overwrite ({self.run_dir})"
+            return (
+                f"interrupted before round 1 finished: no round kept in {self.run_dir}; start again with "
+                "--overwrite (it replaces this run's folder only)"
+            )
         rounds = "round 1 is" if self.round == 1 else f"rounds 1-{self.round} are"
         last = self.run_dir / "checkpoints" / "last.pt"
         return f"interrupted: {rounds} kept in {last}; continue with --resume"

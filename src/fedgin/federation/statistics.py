@@ -164,7 +164,19 @@ def run_statistics(
     config.federation.require_clients()
     check_site_caches(config)
     server = StatisticsServer(config, console, out or default_out(config))
-    simulate(config, server.main, app, server.interrupt, Path(config.output) / ".flwr")
+    try:
+        simulate(
+            config,
+            server.main,
+            app,
+            server.interrupt,
+            Path(config.output) / ".flwr",
+            interrupted=lambda: "interrupted before the statistics were complete; run the same command again",
+        )
+    except KeyboardInterrupt:
+        if server.result is None:
+            raise
+        # The statistics were written before the Ctrl-C took effect: the run is complete.
     if server.result is None:
         from fedgin.federation.screening import FederationError
 

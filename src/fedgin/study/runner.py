@@ -190,17 +190,28 @@ def keep_missing_slices(config: StudyConfig, runs: list[PlannedRun]) -> None:
 def run_study(
     config: StudyConfig, resume: bool = False, overwrite: bool = False, console: Console | None = None
 ) -> StudyResult:
-    """Run (or continue) every run of the study, then write report.md and its figures."""
-    from fedgin.study.cross_site import run_cross_site_evaluations
-    from fedgin.study.report import write_report
-    from fedgin.study.site_data import run_site_statistics
-
+    """Run (or continue) every run of the study, then write report.md and its figures; Ctrl-C names
+    --resume (finished runs are kept)."""
     console = console or Console()
     started = time.perf_counter()
     _check_output(config, resume, overwrite)
     config.output.mkdir(parents=True, exist_ok=True)
     mark(config.output, "study")
     dump_toml(config, config.output / "study.toml")
+    try:
+        return _run_study(config, resume, console, started)
+    except KeyboardInterrupt:
+        # Not a run's own hint (a federation's "--overwrite" would delete the study's finished runs).
+        raise KeyboardInterrupt(
+            f"interrupted: the finished runs are kept in {config.output}; continue the study with --resume"
+        ) from None
+
+
+def _run_study(config: StudyConfig, resume: bool, console: Console, started: float) -> StudyResult:
+    from fedgin.study.cross_site import run_cross_site_evaluations
+    from fedgin.study.report import write_report
+    from fedgin.study.site_data import run_site_statistics
+
     prepare_sources(config, console)
     prepared = time.perf_counter()
     _check_data(config, resume)
