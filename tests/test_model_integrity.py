@@ -10,6 +10,7 @@ import math
 import shutil
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +23,7 @@ from fedgin.checkpoints import load_checkpoint, load_model, nonfinite_weights
 from fedgin.cli import app
 from fedgin.config import RunConfig, dump_toml
 from fedgin.errors import DataError
+from fedgin.federation.cross_site import Model as CrossSiteModel
 from fedgin.prediction import load_prediction_model
 from fedgin.runs import RunDiverged, changed_settings
 from fedgin.training import run_training
@@ -86,7 +88,7 @@ def test_a_nan_model_is_never_exported_predicted_or_evaluated(
     trained: Path, caches: dict[str, Path], tmp_path: Path
 ) -> None:
     bad = poisoned(trained / "checkpoints" / "best.pt", tmp_path / "nan.pt")
-    for load in (load_model, load_prediction_model):
+    for load in (load_model, load_prediction_model, partial(CrossSiteModel.from_checkpoint, "nan")):
         with pytest.raises(DataError, match="weights are not all finite"):
             load(bad)
     scan = tmp_path / "scan.nii.gz"

@@ -1,3 +1,3 @@
 """fedgin: federated multi-modal abdominal organ segmentation with GIN augmentation (FedGIN)."""
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"

@@ -3,7 +3,7 @@
 `make_dev_certificates` writes a self-signed certificate authority, a SuperLink (server) certificate for
 127.0.0.1/localhost (plus any extra host names given) signed by it, and one ECDSA P-384 key pair per
 SuperNode in the OpenSSH format that Flower's SuperNode authentication expects
-(`flower-supernode --auth-supernode-private-key`, `flwr supernode register <public key>`).
+(`flower-supernode --auth-supernode-private-key`, `fedgin deploy register <public key>`).
 
 The CA's private key is written next to the certificates so that more server certificates can be
 issued; in a real deployment the CA lives with your institution's PKI, never next to the SuperLink,

@@ -115,9 +115,10 @@ class Model:
 
     @classmethod
     def from_checkpoint(cls, name: str, path: Path) -> Model:
-        from fedgin.checkpoints import load_checkpoint
+        from fedgin.checkpoints import load_checkpoint, require_finite_weights
 
         checkpoint = load_checkpoint(path)  # weights_only: a checkpoint is never unpickled
+        require_finite_weights(path, checkpoint["model"])  # a diverged model would score 0 everywhere
         config = RunConfig.model_validate(checkpoint["config"])
         if config.federation.fedbn and config.federation.clients:
             raise ConfigError(

@@ -142,7 +142,7 @@ def check_supernode_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
 
 
 def check_supernode_public_key(path: str | Path) -> ec.EllipticCurvePublicKey:
-    """A SuperNode's public key for `flwr supernode register`: OpenSSH ECDSA on a NIST curve."""
+    """A SuperNode's public key for `fedgin deploy register`: OpenSSH ECDSA on a NIST curve."""
     path = Path(path)
     data = _read(path, "public key")
     try:
