@@ -16,6 +16,7 @@ import pytest
 
 from fedgin.checkpoints import load_checkpoint
 from fedgin.config import PreprocessConfig, RunConfig, SynthConfig, dump_toml
+from fedgin.folders import MARKER, kind_of
 from fedgin.prepare import prepare
 from fedgin.processes import alive, descendants
 from fedgin.synth import generate
@@ -191,10 +192,11 @@ def test_ctrl_c_during_round_1_ends_federate_in_seconds(
     last = config.output / "checkpoints" / "last.pt"
     if last.exists():  # round 1 was finished and committed before the Ctrl-C
         assert "--resume" in line and str(last) in line, line
-    else:  # --overwrite replaces this unfinished run only: nothing but its config.toml is there
+    else:  # --overwrite replaces this unfinished run only: nothing but its config.toml and marker are there
         assert line.startswith("interrupted before round 1 finished") and "--overwrite" in line, line
         written = sorted(path.name for path in config.output.iterdir() if path.name != ".flwr")
-        assert written == ["config.toml"], written
+        assert written == [MARKER, "config.toml"], written
+        assert kind_of(config.output) == "run"  # so that --overwrite will replace it
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
