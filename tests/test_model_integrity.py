@@ -335,3 +335,18 @@ def test_a_round_whose_global_model_is_not_finite_is_not_committed(
     line = error_line(invoke("federate", "-c", tmp_path / "fl.toml", "--resume", "--allow-changed-settings"))
     assert line.startswith(f"error: {last}: weights do not fit the configured model (size mismatch"), line
     assert last.read_bytes() == before
+
+
+def test_export_never_replaces_a_training_checkpoint(trained: Path, tmp_path: Path) -> None:
+    """--overwrite replaces an exported model file only: a run's last.pt (its resume point) stays."""
+    last = trained / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    line = error_line(
+        invoke("export", "--checkpoint", trained / "checkpoints" / "best.pt", "-o", last, "--overwrite")
+    )
+    assert line.startswith(f"error: {last}: is not a model file fedgin exported"), line
+    assert last.read_bytes() == before
+    exported = tmp_path / "model.fedgin.pt"
+    for _ in range(2):  # the second time it replaces its own earlier export
+        args = ("export", "--checkpoint", trained / "checkpoints" / "best.pt", "-o", exported, "--overwrite")
+        assert invoke(*args).exit_code == 0

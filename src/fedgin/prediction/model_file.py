@@ -212,6 +212,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _is_export(path: Path) -> bool:
+    """Whether `path` holds a model file of `export_model` (read safely; anything unreadable is not one)."""
+    from fedgin.checkpoints import load_torch_file
+
+    try:
+        payload = load_torch_file(path, "cpu")
+    except DataError:
+        return False
+    return isinstance(payload, dict) and str(payload.get("format", "")).startswith(EXPORT_PREFIX)
+
+
 def export_model(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> PredictionModel:
     """Write a slim model file: weights, model and preprocessing config, label names and provenance.
 
@@ -229,6 +240,12 @@ def export_model(checkpoint: str | Path, out: str | Path, overwrite: bool = Fals
         raise DataError(out, "is the checkpoint itself; choose another output file")
     if out.exists() and out.is_dir():
         raise DataError(out, "is a folder; give a file name such as model.fedgin.pt")
+    if out.exists() and not _is_export(out):
+        raise DataError(
+            out,
+            "is not a model file fedgin exported (a training checkpoint or another file); --overwrite "
+            "replaces only an exported model: choose another output file",
+        )
     model = load_prediction_model(checkpoint, "cpu")
     provenance = {
         **model.provenance,
