@@ -72,7 +72,9 @@ def test_tags_and_folder_names() -> None:
 def test_scalars_skip_non_numbers_flush_and_resume_hides_later_steps(tmp_path: Path) -> None:
     tracking = TrackingConfig(tensorboard=tmp_path / "tb")
     tracker = Tracker.open(tracking, "run one")
-    assert not (tmp_path / "tb").exists()  # made at the first scalars only
+    # The folder is made at once (one that cannot be made fails before training), the writer at the first
+    # scalars only.
+    assert not any((tmp_path / "tb" / "run_one").iterdir())
     for step in (1, 2, 3):
         row = {"step": step, "loss": float(step), "lr": math.nan, "left_out": "", "secagg": True}
         tracker.scalars(step, row, prefix="x")
@@ -115,6 +117,14 @@ def test_missing_extra_is_one_config_error_line_and_off_needs_no_tensorboard(
     result = CliRunner().invoke(app, ["train", "-c", str(toml)])
     assert result.exit_code == 0, result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "run.toml"]
+    # A folder that cannot be made (the write check passes: root may write in /proc, mkdir fails): one
+    # line naming the setting, before the first step.
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard")
+    result = CliRunner().invoke(
+        app, ["train", "-c", str(toml), "-o", str(tmp_path / "run2"), "--tensorboard", "/proc/fedgin-tb"]
+    )
+    assert result.exit_code == 2 and "tracking.tensorboard: /proc/fedgin-tb" in result.output, result.output
+    assert not (tmp_path / "run2" / "checkpoints").exists()
 
 
 def test_train_command_logs_its_history(caches: dict[str, Path], tmp_path: Path) -> None:

@@ -148,13 +148,20 @@ class Tracker:
 
         `resume_step`: the last step (round) the run resumes after, 0 for a run started afresh; what an
         earlier attempt logged for later steps is hidden in TensorBoard. ConfigError (one line) if
-        TensorBoard is not installed or the folder cannot be made: checked here, before training, although
-        the writer is made only at the first scalars.
+        TensorBoard is not installed or the folder cannot be made: the folder is made here, before training,
+        although the writer is made only at the first scalars.
         """
         if tracking.tensorboard is None:
             return cls()
         folder = Path(tracking.tensorboard) / folder_name(name)
         check_writable_folder(folder)
+        _summary_writer_class()  # TensorBoard missing: refused before anything is made
+        try:  # made now, not at the first scalars: a folder that cannot be made fails before training
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            from fedgin.errors import os_error_line
+
+            raise ConfigError(f"tracking.tensorboard: {os_error_line(error)}") from None
         return cls(folder, purge_step=resume_step + 1)
 
     @property
