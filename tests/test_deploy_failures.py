@@ -293,6 +293,16 @@ def test_contradicting_or_missing_deploy_options_are_one_line(tmp_path: Path) ->
                       "--dry-run", "--state", tmp_path / "state")  # fmt: skip
     assert unsigned.exit_code == 2
     assert "--unsigned and --publisher-key contradict each other" in one_error_line(unsigned.output)
+    # Options a task would ignore are refused, not dropped.
+    for extra, word in (
+        (["--model", "m=x.pt"], "--model does not apply to --task train"),
+        (["--split", "val"], "--split does not apply to --task train"),
+        (["--task", "stats", "--rounds", "2"], "--rounds does not apply to --task stats"),
+        (["--insecure", "--ca-cert", key], "--insecure and --ca-cert contradict each other"),
+    ):
+        refused = invoke("deploy", "run", "--config", tmp_path / "fl.toml", "--unsigned", "--dry-run",
+                         "--state", tmp_path / "state", *extra)  # fmt: skip
+        assert refused.exit_code == 2 and word in one_error_line(refused.output), refused.output
     link = invoke("deploy", "superlink", "--insecure", "--allow-unsigned-apps", "--runs-root",
                   tmp_path / "missing", "--dry-run", "--state", tmp_path / "state")  # fmt: skip
     assert link.exit_code == 2

@@ -766,6 +766,16 @@ def deploy_run(
 
     if unsigned and publisher_key is not None:
         raise ConfigError("--unsigned and --publisher-key contradict each other: give one of them")
+    if insecure and ca_cert is not None:
+        raise ConfigError("--insecure and --ca-cert contradict each other: give one of them")
+    ignored = {
+        "--model": model and task != "cross-site",
+        "--split": split != "test" and task != "cross-site",
+        "--rounds": rounds is not None and task != "train",
+    }
+    for option, is_ignored in ignored.items():
+        if is_ignored:
+            raise ConfigError(f"{option} does not apply to --task {task}; leave it out")
     if not unsigned:
         if publisher_key is None:
             raise ConfigError("give --publisher-key (publisher.key from `fedgin certs`) or --unsigned")
@@ -863,8 +873,8 @@ def gin_preview(
     from fedgin.augment.preview import save_gin_preview, save_ipa_preview
     from fedgin.cache import Cache
 
-    if draws < 1:
-        raise ConfigError(f"--draws must be at least 1, got {draws}")
+    if not 1 <= draws <= 64:
+        raise ConfigError(f"--draws must be from 1 to 64 (one column each in the figure), got {draws}")
     images = {}
     for cache_dir in data:
         cache = Cache(cache_dir)

@@ -529,7 +529,12 @@ class FederationServer:
             raise FederationError(
                 f"round {server_round}: fewer than {self.config.federation.min_clients} valid client replies"
                 + (f" ({left_out})" if left_out else "")
-                + "; the last completed round is kept in checkpoints/last.pt (continue with --resume)"
+                + f"; {self.run.kept()}"
+                + (
+                    " (continue with --resume)"
+                    if self.run.committed is not None
+                    else " (start again with --overwrite)"
+                )
             )
         self.check_global(new_state, server_round)
         self.state = new_state
