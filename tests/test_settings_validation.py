@@ -90,6 +90,8 @@ def test_ordered_windows_and_percentiles(tmp_path: Path, text: str, setting: str
         ("evaluate", "", ["--pred", ".", "--ref", ".", "--device", "banana"], "--device banana"),
         ("predict", "", ["-i", ".", "-m", "model.pt", "--device", "banana"], "--device banana"),
         ("prepare", "", ["--source", "amos", "--root", ".", "--workers", "0"], "--workers"),
+        ("prepare", "", ["--source", "totalseg-ct", "--root", ".", "--label-map", '{"1": 1}'], "label map"),
+        ("prepare", "", ["--source", "totalseg-ct", "--root", ".", "--modality", "mri"], "a modality"),
     ],
 )
 def test_model_device_and_options(
@@ -114,11 +116,19 @@ def test_sizes_within_what_the_machine_and_formats_hold(tmp_path: Path) -> None:
     for text, setting in (
         ("size = 1000000", "preprocess.size"),
         ("spacing_mm = 1e-4", "preprocess.spacing_mm"),
+        ("spacing_mm = 1e6", "preprocess.spacing_mm"),  # once a nearly constant cache with rc 0
     ):
         toml = tmp_path / "run.toml"
         toml.write_text(f"[preprocess]\n{text}\n")
         prepare_args = ["prepare", "--source", "amos", "--root", tmp_path, "--out", out, "--config", toml]
         assert_refused(prepare_args, setting, out)
+    # Sizes that once ran until killed, without a word.
+    args, run_out = run_toml(tmp_path, "train", "[train]\nbatch_size = 100000000")
+    assert_refused(args, "train.batch_size", run_out)
+    preview = ["gin-preview", "--data", tmp_path, "-o", out / "g.png", "--draws", "100000"]
+    assert_refused(preview, "--draws", out)
+    args, run_out = run_toml(tmp_path, "stats", "[stats]\nnoise_epsilon = 1e-300")
+    assert_refused(args, "stats.noise_epsilon", run_out)
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ class PreprocessConfig(Settings):
     canonical: bool = Field(True, description="Reorient to RAS+ so that the last axis is axial (S).")
     # Bounds far beyond any scanner, so that a slip (0.0001 mm, 10^6 voxels) is an error, not an OOM kill.
     spacing_mm: float | None = Field(
-        3.0, ge=0.05, description="In-plane spacing to resample to; None keeps the source spacing."
+        3.0, ge=0.05, le=50.0, description="In-plane spacing to resample to; None keeps the source spacing."
     )
     size: int | None = Field(
         128,
@@ -416,7 +416,7 @@ class TrainConfig(Settings):
     epochs: int | None = Field(
         None, ge=1, description="If set, train this many passes over the training slices instead of `steps`."
     )
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=4096)  # beyond it a batch of even 64x64 slices outgrows memory
     lr: float = Field(5e-4, gt=0, description="Base learning rate (AdamW); the schedule scales it.")
     lr_schedule: Literal["constant", "poly", "cosine"] = Field(
         "poly",
@@ -702,7 +702,7 @@ class StatsConfig(Settings):
     )
     noise_epsilon: float | None = Field(
         None,
-        gt=0.0,
+        ge=1e-3,  # noise of scale 1000 already drowns every count; smaller is a slip, not a setting
         description="Laplace noise of scale 1/epsilon on every count a site sends (per count; see "
         "docs/statistics.md); None sends exact counts.",
     )

@@ -161,6 +161,11 @@ def discover(
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "data folder not found")
+    # A setting the source does not use is refused, not dropped (a TotalSegmentator CT cache is all CT).
+    if label_map is not None and source != "nnunet":
+        raise ConfigError(f"a label map applies to the nnunet source only, not {source}")
+    if modality is not None and source not in ("nnunet", "amos"):
+        raise ConfigError(f"a modality applies to the nnunet and amos sources only, not {source}")
     if split_override is not None and split_override not in SPLITS:
         raise ConfigError(f"split override must be one of {', '.join(SPLITS)}, got {split_override!r}")
     cases = SOURCES[source](root, label_map=label_map, modality=modality)
