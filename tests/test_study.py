@@ -313,3 +313,26 @@ def test_a_resumed_study_adds_methods_and_reports_them_against_fedgin(
     report = (config.output / "report.md").read_text(encoding="utf-8")
     assert "| FedGIN+IPA, modality-balanced vs FedGIN | 1:1, MRI | – (not in the paper) |" in report
     assert (config.output / "figures" / "dice_vs_ratio.png").stat().st_size > 20000
+
+
+def test_a_study_refused_before_anything_ran_starts_again_without_resume(tmp_path: Path) -> None:
+    """A first start that stopped at a missing data folder left only study.toml: the same command again
+    names the data problem, not "a study is already here"."""
+    from fedgin.errors import DataError
+
+    config = StudyConfig.model_validate(
+        {
+            "output": str(tmp_path / "study"),
+            "seeds": [1],
+            "methods": ["fedgin"],
+            "sites": [{"name": "a", "ct": [{"cache": str(tmp_path / "c_ct")}]}],
+            "test": [{"cache": str(tmp_path / "c_test")}],
+            "prepare": [
+                {"source": "totalseg-ct", "root": str(tmp_path / "missing"), "cache": str(tmp_path / "c_ct")}
+            ],
+        }
+    )
+    for _ in range(2):
+        with pytest.raises(DataError, match="data folder not found"):
+            run_study(config, console=Console(quiet=True))
+    assert sorted(path.name for path in (tmp_path / "study").iterdir()) == [".fedgin", "study.toml"]

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from fedgin.config import dump_toml, read_toml
 from fedgin.errors import ConfigError, FedginError
-from fedgin.folders import check_fillable, mark
+from fedgin.folders import MARKER, check_fillable, mark
 from fedgin.folders import remove as remove_folder
 from fedgin.io_utils import atomic_write_json
 from fedgin.study.config import METHODS, StudyConfig
@@ -93,6 +93,8 @@ def _check_output(config: StudyConfig, resume: bool, overwrite: bool) -> None:
             raise ConfigError(f"{config.output}: folder is not empty; pass --overwrite to replace it")
         return
     if not resume:
+        if {path.name for path in config.output.iterdir()} <= {recorded.name, MARKER}:
+            return  # an earlier start was refused before anything ran: there is nothing to continue
         raise ConfigError(
             f"{config.output}: a study is already here; pass --resume to continue it or --overwrite"
         )
