@@ -406,8 +406,8 @@ def test_predict_takes_the_scan_and_a_folder_with_a_mask_is_refused_whole(
         (["synth", "--spacing", "3,nan,5"], "spacing.1"),
         (["synth", "--shape", "0,48,12"], "shape.0: Input should be greater than 0"),
         (["synth", "--shape", "48,48,-2"], "shape.2: Input should be greater than 0"),
-        (["gin-preview", "--data", "{cache}", "--draws", "0"], "--draws must be at least 1, got 0"),
-        (["gin-preview", "--data", "{cache}", "--draws", "-3"], "--draws must be at least 1, got -3"),
+        (["gin-preview", "--data", "{cache}", "--draws", "0"], "--draws must be from 1 to 64, got 0"),
+        (["gin-preview", "--data", "{cache}", "--draws", "-3"], "--draws must be from 1 to 64, got -3"),
     ],
 )
 def test_zero_or_negative_sizes_are_refused(

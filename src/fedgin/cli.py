@@ -874,7 +874,7 @@ def gin_preview(
     from fedgin.cache import Cache
 
     if not 1 <= draws <= 64:
-        raise ConfigError(f"--draws must be from 1 to 64 (one column each in the figure), got {draws}")
+        raise ConfigError(f"--draws must be from 1 to 64, got {draws}")  # one column each
     images = {}
     for cache_dir in data:
         cache = Cache(cache_dir)
